@@ -1,0 +1,3 @@
+from datacoffer.cli.main import main
+
+main()

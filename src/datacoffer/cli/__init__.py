@@ -1,0 +1,1 @@
+"""The `datacoffer` command: the server and the operator's admin commands."""

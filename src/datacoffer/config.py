@@ -1,0 +1,99 @@
+"""Settings: flag, then environment (`DATACOFFER_*`), then TOML file, then default.
+
+The TOML file mirrors the setting names (`port = 8080`, `[regions]` table of name = path).
+Everything the server and the admin commands need to find their data comes from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_REGIONS = ("ap-tianjin", "ap-shanghai", "ap-guangzhou")
+ENV_PREFIX = "DATACOFFER_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has the wrong form; the text names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("datacoffer-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: SQLAlchemy URL of the metadata store; empty means SQLite in the data directory.
+    metadata_url: str = ""
+    #: region name -> storage directory; relative paths are under the data directory.
+    regions: dict[str, str] = field(default_factory=lambda: {r: f"regions/{r}"
+                                                             for r in DEFAULT_REGIONS})
+    max_coffers: int = 20
+    #: allowed clock skew for q-sign-time, seconds, on each side.
+    sign_skew: int = 300
+    #: largest PutObject body, bytes.
+    max_object_size: int = 5 * 1024**3
+    #: a PutObject reservation is renewed this often, seconds; it lapses after three misses.
+    lease_seconds: int = 10
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_level: str = "info"
+
+    def region_path(self, region: str) -> Path:
+        path = Path(self.regions[region])
+        return path if path.is_absolute() else self.data_dir / path
+
+    @property
+    def database_url(self) -> str:
+        return self.metadata_url or f"sqlite:///{(self.data_dir / 'metadata.db').resolve()}"
+
+
+_INT_FIELDS = {f.name for f in fields(Settings) if f.type == "int"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "data_dir":
+        return Path(value)
+    if name == "regions":
+        if isinstance(value, str):  # DATACOFFER_REGIONS="ap-a=/mnt/a,ap-b=/mnt/b"
+            pairs = [item.split("=", 1) for item in value.split(",") if item]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError("regions: expected name=path[,name=path...]")
+            value = dict(pairs)
+        if not isinstance(value, dict) or not value:
+            raise ConfigError("regions: expected a table of region name = directory")
+        return {str(k): str(v) for k, v in value.items()}
+    if name in _INT_FIELDS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    return str(value)
+
+
+def load(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """Build the settings; `flags` holds command-line values (None means not given)."""
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+        unknown = set(doc) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
+        values.update(doc)
+    for name in known:
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = env
+    values.update({k: v for k, v in flags.items() if v is not None})
+    settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
+    if settings.max_coffers < 1 or settings.lease_seconds < 1:
+        raise ConfigError("max_coffers and lease_seconds must be at least 1")
+    return settings

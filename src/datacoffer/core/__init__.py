@@ -1,0 +1,1 @@
+"""The domain core: identities, coffers and objects. Nothing here knows HTTP."""

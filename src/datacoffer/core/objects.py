@@ -1,0 +1,318 @@
+"""Objects: the key reservation, durable writes, verified reads, and crash recovery.
+
+Every key has at most one row in `objects`. A PutObject first inserts the row in state
+"writing" (the reservation: it lives in the metadata store, so it holds across processes and
+machines), streams the bytes to a temporary blob, commits the blob (fsync, rename) and only then
+turns the row into "stored" in one transaction. The reservation carries its holder
+(host:pid:token) and a lease that the writer renews; a reservation whose holder died is
+reclaimed, its files removed, and the key is free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+
+import anyio
+import sqlalchemy as sa
+
+from datacoffer.core.clock import now_ms
+from datacoffer.core.coffers import STORED, WRITING, Coffer
+from datacoffer.core.identities import Identity
+from datacoffer.errors import CdcsError
+from datacoffer.meta.db import Database
+from datacoffer.meta.schema import coffers, object_copies, objects
+from datacoffer.storage.blobs import BlobWriter, RegionStore, new_blob_id
+
+log = logging.getLogger("datacoffer.objects")
+
+#: Bytes gathered from the network before one write+hash step runs in a worker thread.
+WRITE_BATCH = 1024 * 1024
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    id: int
+    key: str
+    size: int
+    etag: str
+    sha256: str
+    content_type: str
+    created_ms: int
+    writer_uin: str
+    blob_id: str
+    encrypt_type: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    object_id: int
+    coffer: Coffer
+    key: str
+    blob_id: str
+
+
+class CorruptData(Exception):
+    """Stored bytes do not match their recorded SHA-256."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Objects:
+    def __init__(self, db: Database, stores: dict[str, RegionStore], *,
+                 lease_seconds: int, max_object_size: int) -> None:
+        self.db = db
+        self.stores = stores
+        self.lease_ms = lease_seconds * 1000
+        self.max_object_size = max_object_size
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.token = secrets.token_hex(8)
+        self.holder = f"{self.host}:{self.pid}:{self.token}"
+
+    # -- reservations ------------------------------------------------------------------------
+
+    def _lapsed(self, holder: str, lease_until_ms: int, now: int) -> bool:
+        """Whether a "writing" reservation's holder is gone, so the key may be reclaimed."""
+        if lease_until_ms < now:
+            return True
+        host, pid, token = [*holder.rsplit(":", 2), "", "", ""][:3]
+        if host != self.host or not pid.isdigit():
+            return False
+        if int(pid) == self.pid:
+            return token != self.token
+        return not _pid_alive(int(pid))
+
+    def _discard(self, conn: sa.Connection, object_id: int, blob_id: str) -> None:
+        conn.execute(objects.delete().where(objects.c.id == object_id))
+        for store in self.stores.values():
+            store.remove(blob_id)
+
+    def reserve(self, coffer: Coffer, key: str, writer: Identity) -> Reservation:
+        """Take the key for a new object, or refuse with the code that says who holds it."""
+        resource = f"{coffer.name}/{key}"
+        for _ in range(3):
+            now = now_ms()
+            try:
+                with self.db.write() as conn:
+                    # Share-lock the coffer row: DeleteCoffer takes it exclusively.
+                    if conn.execute(sa.select(coffers.c.id).where(coffers.c.id == coffer.id)
+                                    .with_for_update(read=True)).first() is None:
+                        raise CdcsError("CofferNotFound", resource=resource)
+                    row = conn.execute(sa.select(objects).where(
+                        (objects.c.coffer_id == coffer.id) & (objects.c.key == key))).first()
+                    if row is not None:
+                        if row.state == STORED:
+                            code = ("ObjectAlreadyExistsOwnedByYou"
+                                    if row.writer_uin == writer.uin else "ObjectAlreadyExists")
+                            raise CdcsError(code, resource=resource)
+                        if not self._lapsed(row.holder, row.lease_until_ms, now):
+                            raise CdcsError("ObjectAlreadyUploading", resource=resource)
+                        log.info("reclaiming lapsed reservation of %s (holder %s)",
+                                 resource, row.holder)
+                        self._discard(conn, row.id, row.blob_id)
+                    blob_id = new_blob_id()
+                    result = conn.execute(objects.insert().values(
+                        coffer_id=coffer.id, key=key, state=WRITING, writer_uin=writer.uin,
+                        blob_id=blob_id, created_ms=now, holder=self.holder,
+                        lease_until_ms=now + 3 * self.lease_ms,
+                        encrypt_type=coffer.encrypt_type))
+                    (object_id,) = result.inserted_primary_key
+                    return Reservation(object_id, coffer, key, blob_id)
+            except sa.exc.IntegrityError:
+                continue  # another writer inserted the key between our look and our insert
+        raise CdcsError("ObjectAlreadyUploading", resource=resource)
+
+    def renew(self, res: Reservation) -> bool:
+        with self.db.write() as conn:
+            result = conn.execute(objects.update().where(
+                (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
+                & (objects.c.state == WRITING)).values(lease_until_ms=now_ms() + 3 * self.lease_ms))
+            return result.rowcount == 1
+
+    def cancel(self, res: Reservation) -> None:
+        """Give the key back and remove whatever was written."""
+        with self.db.write() as conn:
+            conn.execute(objects.delete().where(
+                (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
+                & (objects.c.state == WRITING)))
+        for store in self.stores.values():
+            store.remove(res.blob_id)
+
+    def finish(self, res: Reservation, *, size: int, etag: str, sha256: str,
+               content_type: str) -> StoredObject:
+        """Make a committed blob the object of its key (the blob is already durable)."""
+        created = now_ms()
+        with self.db.write() as conn:
+            result = conn.execute(objects.update().where(
+                (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
+                & (objects.c.state == WRITING)).values(
+                    state=STORED, size=size, etag=etag, sha256=sha256,
+                    content_type=content_type, created_ms=created, holder="", lease_until_ms=0))
+            if result.rowcount != 1:
+                raise RuntimeError(f"reservation {res.object_id} was reclaimed during the write")
+            conn.execute(object_copies.insert().values(
+                object_id=res.object_id, region=res.coffer.primary, created_ms=created))
+            row = conn.execute(sa.select(objects).where(objects.c.id == res.object_id)).one()
+        return _row_to_object(row)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def put(self, coffer: Coffer, key: str, writer: Identity,
+                  body: AsyncIterator[bytes], length: int, content_type: str,
+                  content_md5: bytes | None) -> StoredObject:
+        """Store a new object from a byte stream of exactly `length` bytes."""
+        resource = f"{coffer.name}/{key}"
+        res = await anyio.to_thread.run_sync(self.reserve, coffer, key, writer)
+        store = self.stores[coffer.primary]
+        writer_blob: BlobWriter | None = None
+        renewer = asyncio.create_task(self._keep_renewing(res))
+        try:
+            writer_blob = await anyio.to_thread.run_sync(store.create, res.blob_id)
+            md5, sha = hashlib.md5(), hashlib.sha256()
+            await _pump(body, writer_blob, md5, sha, length, resource)
+            if content_md5 is not None and md5.digest() != content_md5:
+                raise CdcsError("InvalidArgument",
+                                "Content-MD5 does not match the bytes received.",
+                                resource=resource)
+            await anyio.to_thread.run_sync(writer_blob.commit)
+            renewer.cancel()
+            return await anyio.to_thread.run_sync(lambda: self.finish(
+                res, size=length, etag=md5.hexdigest(), sha256=sha.hexdigest(),
+                content_type=content_type or DEFAULT_CONTENT_TYPE))
+        except BaseException:
+            renewer.cancel()
+            with anyio.CancelScope(shield=True):
+                if writer_blob is not None:
+                    await anyio.to_thread.run_sync(writer_blob.abort)
+                await anyio.to_thread.run_sync(self.cancel, res)
+            raise
+        finally:
+            with suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _keep_renewing(self, res: Reservation) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 1000)
+            if not await anyio.to_thread.run_sync(self.renew, res):
+                log.error("reservation %s lost while writing", res.object_id)
+                return
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def head(self, coffer: Coffer, key: str, region: str) -> StoredObject:
+        """The stored object at `key`, as held in `region`."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(objects).where(
+                (objects.c.coffer_id == coffer.id) & (objects.c.key == key)
+                & (objects.c.state == STORED))).first()
+            if row is None:
+                raise CdcsError("ObjectNotExists", resource=f"{coffer.name}/{key}")
+            held = conn.execute(sa.select(object_copies.c.region).where(
+                (object_copies.c.object_id == row.id) & (object_copies.c.region == region))
+            ).first()
+        if held is None:
+            raise CdcsError("DataSynchronization",
+                            f"Region {region} has not yet received this object; retry later.",
+                            resource=f"{coffer.name}/{key}")
+        return _row_to_object(row)
+
+    def read(self, obj: StoredObject, region: str, start: int, length: int) -> Iterator[bytes]:
+        """The bytes [start, start+length); a whole-object read is checked against SHA-256."""
+        chunks = self.stores[region].read(obj.blob_id, start, length)
+        if start != 0 or length != obj.size:
+            yield from chunks
+            return
+        sha = hashlib.sha256()
+        for chunk in chunks:
+            sha.update(chunk)
+            yield chunk
+        if sha.hexdigest() != obj.sha256:
+            raise CorruptData(f"object {obj.id} in region {region}: SHA-256 mismatch")
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Reclaim the reservations of dead writers and remove stray temporary files."""
+        now = now_ms()
+        reclaimed = 0
+        listed = {name: store.tmp_blob_ids() for name, store in self.stores.items()}
+        with self.db.write() as conn:
+            rows = conn.execute(sa.select(objects.c.id, objects.c.blob_id, objects.c.holder,
+                                          objects.c.lease_until_ms)
+                                .where(objects.c.state == WRITING)).all()
+            live = set()
+            for row in rows:
+                if self._lapsed(row.holder, row.lease_until_ms, now):
+                    self._discard(conn, row.id, row.blob_id)
+                    reclaimed += 1
+                else:
+                    live.add(row.blob_id)
+        stray = 0
+        for name, blob_ids in listed.items():
+            for blob_id in blob_ids:
+                if blob_id not in live:
+                    (self.stores[name].tmp_dir / blob_id).unlink(missing_ok=True)
+                    stray += 1
+        return {"reclaimed": reclaimed, "stray_files": stray}
+
+
+def _row_to_object(row: sa.Row) -> StoredObject:
+    return StoredObject(id=row.id, key=row.key, size=row.size, etag=row.etag,
+                        sha256=row.sha256, content_type=row.content_type,
+                        created_ms=row.created_ms, writer_uin=row.writer_uin,
+                        blob_id=row.blob_id, encrypt_type=row.encrypt_type)
+
+
+async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash,
+                sha: hashlib._Hash, length: int, resource: str) -> None:
+    """Move the body into the blob, hashing it, in batches run off the event loop.
+
+    While one batch is written and hashed in a worker thread, the next is received.
+    """
+
+    def step(data: bytes) -> None:
+        md5.update(data)
+        sha.update(data)
+        blob.write(data)
+
+    pending: asyncio.Future[None] | None = None
+    buf = bytearray()
+    received = 0
+    try:
+        async for chunk in body:
+            received += len(chunk)
+            if received > length:
+                raise CdcsError("InvalidArgument", "The body is longer than Content-Length.",
+                                resource=resource)
+            buf += chunk
+            if len(buf) >= WRITE_BATCH:
+                if pending is not None:
+                    await pending
+                data, buf = buf, bytearray()
+                pending = asyncio.ensure_future(anyio.to_thread.run_sync(step, data))
+        if received < length:
+            raise CdcsError("InvalidArgument", "The body ended before Content-Length bytes.",
+                            resource=resource)
+    finally:
+        if pending is not None:  # never leave a write running on a blob about to be aborted
+            with anyio.CancelScope(shield=True):
+                await pending
+    if buf:
+        await anyio.to_thread.run_sync(step, buf)

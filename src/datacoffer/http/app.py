@@ -1,0 +1,129 @@
+"""The ASGI application: route, authenticate, dispatch, and answer every failure properly.
+
+Every response carries `x-cdcs-request-id` and `Server`; every error a fresh TraceId that is
+logged with the full detail, while the client sees only the code and a helpful sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from datacoffer import SERVER_NAME
+from datacoffer.errors import CdcsError
+from datacoffer.http import coffers, objects, service
+from datacoffer.http.auth import authenticate
+from datacoffer.http.call import Call
+from datacoffer.http.errors import error_response
+from datacoffer.http.router import Endpoint, decode_path, parse_query, route
+from datacoffer.installation import Installation
+
+log = logging.getLogger("datacoffer.http")
+access_log = logging.getLogger("datacoffer.access")
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+HANDLERS: dict[str, Handler] = {
+    "GetService": service.get_service,
+    "PutCoffer": coffers.put_coffer,
+    "GetCoffer": coffers.get_coffer,
+    "DeleteCoffer": coffers.delete_coffer,
+    "PutObject": objects.put_object,
+    "GetObject": objects.get_object,
+    "HeadObject": objects.head_object,
+}
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+class DataCofferApp:
+    def __init__(self, inst: Installation) -> None:
+        self.inst = inst
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                found = await anyio.to_thread.run_sync(self.inst.objects.recover)
+                log.info("recovery at start: %s", found)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(self.inst.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        request_id = new_id()
+        method = scope["method"]
+        endpoint: Endpoint | None = None
+        call: Call | None = None
+        path = decode_path(scope.get("raw_path") or scope["path"].encode())
+        try:
+            query = parse_query(scope.get("query_string", b""))
+            endpoint = route(method, path, query, request.headers.get("host", ""))
+            handler = HANDLERS.get(endpoint.operation)
+            if handler is None:
+                raise CdcsError("MethodNotAllowed",
+                                f"{endpoint.operation} is not available in this version of "
+                                "the server.", resource=endpoint.resource)
+            identity = await authenticate(self.inst.identities, request, endpoint, path, query,
+                                          self.inst.settings.sign_skew)
+            call = Call(request, endpoint, identity, self.inst)
+            response = await handler(call)
+        except CdcsError as err:
+            response = self._error(err, request, request_id)
+        except Exception:
+            trace_id = new_id()
+            log.exception("trace %s: unexpected failure in %s %s", trace_id, method,
+                          endpoint.operation if endpoint else "(unrouted)")
+            err = CdcsError("InternalError",
+                            resource=endpoint.resource if endpoint else "")
+            response = error_response(err, request_id=request_id, trace_id=trace_id,
+                                      accept=request.headers.get("accept", ""),
+                                      head=method == "HEAD")
+        response.headers["x-cdcs-request-id"] = request_id
+        response.headers["Server"] = SERVER_NAME
+        if call is not None and call.region:
+            response.headers["x-cdcs-coffer-region"] = call.region
+        status = response.status_code
+        try:
+            await response(scope, receive, send)
+        except Exception:
+            trace_id = new_id()
+            log.exception("trace %s: response to %s failed after it started", trace_id,
+                          request_id)
+            status = 500
+        access_log.info(
+            "%s %s %s %s %d %.1fms", request_id, method,
+            endpoint.operation if endpoint else "-", _printable(path), status,
+            (time.perf_counter() - started) * 1000)
+
+    def _error(self, err: CdcsError, request: Request, request_id: str) -> Response:
+        trace_id = new_id()
+        log.info("trace %s: %s %s: %s%s", trace_id, err.code.name, err.resource or "-",
+                 err.message, f" ({err.detail})" if err.detail else "")
+        return error_response(err, request_id=request_id, trace_id=trace_id,
+                              accept=request.headers.get("accept", ""),
+                              head=request.method == "HEAD")
+
+
+def _printable(path: str) -> str:
+    """The path for a log line: undecodable bytes shown as escapes, not as surrogates."""
+    return path.encode("utf-8", "backslashreplace").decode()

@@ -1,0 +1,1 @@
+"""The metadata store: tables, connections and schema migrations."""

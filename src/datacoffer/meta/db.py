@@ -1,0 +1,82 @@
+"""Connections to the metadata store, and its schema migrations.
+
+Writes go through `Database.write()`: on SQLite that is `BEGIN IMMEDIATE`, so concurrent
+writers queue on the database lock instead of failing to upgrade a read lock; on PostgreSQL it
+is an ordinary transaction in which callers take row locks (`with_for_update`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from datacoffer.meta import schema
+
+#: Migration N turns schema version N-1 into version N. A new database is created at the
+#: latest version directly from `schema`, so an entry is only needed for a change.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+LATEST = 1
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives power loss
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=False)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; return the version found before."""
+        with self.write() as conn:
+            if not sa.inspect(conn).has_table("schema_version"):
+                schema.metadata.create_all(conn)
+                conn.execute(schema.schema_version.insert().values(version=LATEST))
+                return 0
+            found = conn.execute(sa.select(schema.schema_version.c.version)).scalar_one()
+            if found > LATEST:
+                raise RuntimeError(
+                    f"the metadata store has schema version {found}, newer than this "
+                    f"program's {LATEST}: upgrade the program")
+            for version in range(found + 1, LATEST + 1):
+                MIGRATIONS[version](conn)
+                conn.execute(schema.schema_version.update().values(version=version))
+            return found
+
+    def close(self) -> None:
+        self.engine.dispose()

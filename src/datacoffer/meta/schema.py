@@ -1,0 +1,84 @@
+"""The metadata tables, as SQLAlchemy Core objects (portable: SQLite and PostgreSQL).
+
+Times are integer milliseconds since the Unix epoch (UTC). Object keys compare in UTF-8 byte
+order: SQLite's default BINARY collation does this; on PostgreSQL the column uses "C".
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+_key_type = sa.String(1024).with_variant(sa.String(1024, collation="C"), "postgresql")
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+#: An account (root identity: parent_uin is NULL, app_id set) or a sub-account.
+identities = sa.Table(
+    "identities", metadata,
+    sa.Column("uin", sa.String(32), primary_key=True),
+    sa.Column("parent_uin", sa.String(32), sa.ForeignKey("identities.uin"), nullable=True),
+    sa.Column("app_id", sa.String(32), nullable=True, unique=True),
+    sa.Column("whitelisted", sa.Boolean, nullable=False, default=False),
+    sa.Column("console_password", sa.String(256), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+#: API keys; the SecretKey is sealed under the installation's root key.
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("secret_id", sa.String(64), primary_key=True),
+    sa.Column("uin", sa.String(32), sa.ForeignKey("identities.uin"), nullable=False, index=True),
+    sa.Column("sealed_key", sa.LargeBinary, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+coffers = sa.Table(
+    "coffers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(96), nullable=False, unique=True),
+    sa.Column("owner_uin", sa.String(32), sa.ForeignKey("identities.uin"), nullable=False,
+              index=True),
+    sa.Column("app_id", sa.String(32), nullable=False),
+    #: comma-separated region names, primary first
+    sa.Column("locations", sa.String(256), nullable=False),
+    sa.Column("encrypt_type", sa.Integer, nullable=False, default=0),
+    sa.Column("key_id", sa.String(128), nullable=False, default=""),
+    sa.Column("key_region", sa.String(64), nullable=False, default=""),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+#: One row per key: a reservation while a PutObject streams (state "writing"), then the object.
+objects = sa.Table(
+    "objects", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("coffer_id", sa.Integer, sa.ForeignKey("coffers.id"), nullable=False),
+    sa.Column("key", _key_type, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("writer_uin", sa.String(32), nullable=False),
+    sa.Column("blob_id", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(256), nullable=False, default=""),
+    sa.Column("size", sa.BigInteger, nullable=False, default=0),
+    sa.Column("etag", sa.String(64), nullable=False, default=""),
+    sa.Column("sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("encrypt_type", sa.Integer, nullable=False, default=0),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    #: the writing process ("host:pid:token") and when its reservation lapses
+    sa.Column("holder", sa.String(256), nullable=False, default=""),
+    sa.Column("lease_until_ms", sa.BigInteger, nullable=False, default=0),
+    sa.UniqueConstraint("coffer_id", "key", name="uq_objects_coffer_key"),
+)
+
+#: Which regions hold a complete copy of an object's data.
+object_copies = sa.Table(
+    "object_copies", metadata,
+    sa.Column("object_id", sa.Integer, sa.ForeignKey("objects.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("region", sa.String(64), primary_key=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)

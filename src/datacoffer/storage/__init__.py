@@ -1,0 +1,1 @@
+"""Where object data lives: one directory tree per region."""

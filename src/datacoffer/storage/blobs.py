@@ -1,0 +1,106 @@
+"""Blobs in a region directory: written to a temporary file, fsynced, renamed into place.
+
+Layout of a region root:
+
+    tmp/<blob_id>                 data still being written
+    blobs/<ab>/<blob_id>          complete data, never modified again
+
+A blob is complete only once renamed into `blobs/` and its directory fsynced; what is left in
+`tmp/` after a crash is garbage, removed at the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+READ_CHUNK = 1024 * 1024
+
+
+def new_blob_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobWriter:
+    """Appends bytes to one temporary file; `commit` makes it a durable blob."""
+
+    def __init__(self, region: RegionStore, blob_id: str) -> None:
+        self.region = region
+        self.blob_id = blob_id
+        self.tmp_path = region.tmp_dir / blob_id
+        self._file: BinaryIO | None = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self.size += len(data)
+
+    def commit(self) -> None:
+        """fsync the data, rename it into place and fsync the directory."""
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        final = self.region.blob_path(self.blob_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.tmp_path, final)
+        _fsync_dir(final.parent)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.tmp_path.unlink(missing_ok=True)
+
+
+class RegionStore:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.blobs_dir = root / "blobs"
+
+    def prepare(self) -> None:
+        for path in (self.tmp_dir, self.blobs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, blob_id: str) -> Path:
+        return self.blobs_dir / blob_id[:2] / blob_id
+
+    def create(self, blob_id: str) -> BlobWriter:
+        return BlobWriter(self, blob_id)
+
+    def has(self, blob_id: str) -> bool:
+        return self.blob_path(blob_id).is_file()
+
+    def read(self, blob_id: str, start: int, length: int) -> Iterator[bytes]:
+        """Yield `length` bytes from `start`, in chunks of at most READ_CHUNK."""
+        with open(self.blob_path(blob_id), "rb", buffering=0) as fh:
+            fh.seek(start)
+            left = length
+            while left > 0:
+                chunk = fh.read(min(READ_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"blob {blob_id} in region {self.name} is shorter than expected")
+                left -= len(chunk)
+                yield chunk
+
+    def remove(self, blob_id: str) -> None:
+        """Remove a blob, finished or not; a missing one is fine."""
+        (self.tmp_dir / blob_id).unlink(missing_ok=True)
+        self.blob_path(blob_id).unlink(missing_ok=True)
+
+    def tmp_blob_ids(self) -> list[str]:
+        return [entry.name for entry in os.scandir(self.tmp_dir) if entry.is_file()]
