@@ -21,6 +21,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench
 
 test: lint
+	./scripts/test-services.sh
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(VENV)/.installed

@@ -1,0 +1,1 @@
+"""The Data Coffer benchmark: `python -m bench` (see bench/README.md)."""

@@ -37,6 +37,8 @@ class Settings:
     max_object_size: int = 5 * 1024**3
     #: a PutObject reservation is renewed this often, seconds; it lapses after three misses.
     lease_seconds: int = 10
+    #: an upload whose client sends nothing for this long is abandoned, seconds.
+    body_timeout: int = 60
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -66,6 +68,8 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError("regions: expected a table of region name = directory")
         return {str(k): str(v) for k, v in value.items()}
     if name in _INT_FIELDS:
+        if isinstance(value, bool | float):  # int(True) == 1, int(8.9) == 8: refuse both
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
@@ -94,6 +98,6 @@ def load(config_file: str | Path | None = None, **flags: Any) -> Settings:
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
-    if settings.max_coffers < 1 or settings.lease_seconds < 1:
-        raise ConfigError("max_coffers and lease_seconds must be at least 1")
+    if min(settings.max_coffers, settings.lease_seconds, settings.body_timeout) < 1:
+        raise ConfigError("max_coffers, lease_seconds and body_timeout must be at least 1")
     return settings

@@ -13,8 +13,12 @@ from datacoffer.config import Settings
 from datacoffer.core.coffers import Coffers
 from datacoffer.core.identities import Identities
 from datacoffer.core.objects import Objects
-from datacoffer.meta.db import Database
+from datacoffer.meta.db import Database, SchemaTooNew
 from datacoffer.storage.blobs import RegionStore
+
+
+class InstallationError(Exception):
+    """The installation cannot be opened as it is; the text tells the operator what to do."""
 
 
 @dataclass
@@ -29,11 +33,35 @@ class Installation:
     is_new: bool
 
     @classmethod
-    def open(cls, settings: Settings) -> Installation:
+    def open(cls, settings: Settings, *, create: bool = True) -> Installation:
+        """Open the installation; with `create`, make a new one where there is none.
+
+        The admin commands do not create: an operator who mistypes --data-dir must not
+        silently get a fresh, empty installation.
+        """
+        if not create and not settings.metadata_url and not (
+                settings.data_dir / "metadata.db").exists():
+            raise InstallationError(
+                f"there is no Data Coffer installation in {settings.data_dir}: check "
+                f"--data-dir, or start `datacoffer serve --data-dir {settings.data_dir}` "
+                "once to create one")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        root_key, _ = rootkey.load_or_create(settings.data_dir)
         db = Database(settings.database_url)
-        found = db.migrate()
+        try:
+            found = db.migrate()
+        except SchemaTooNew as exc:
+            db.close()
+            raise InstallationError(str(exc)) from None
+        root_key = rootkey.load(settings.data_dir)
+        if root_key is None and found == 0:
+            root_key = rootkey.create(settings.data_dir)
+        identities = Identities(db, root_key) if root_key else None
+        coffers = Coffers(db, tuple(settings.regions), settings.max_coffers)
+        fault = cls._fault(settings, identities, coffers)
+        if fault:
+            db.close()
+            raise InstallationError(fault)
+        assert identities is not None
         stores = {name: RegionStore(name, settings.region_path(name))
                   for name in settings.regions}
         for store in stores.values():
@@ -42,12 +70,27 @@ class Installation:
             settings=settings,
             db=db,
             stores=stores,
-            identities=Identities(db, root_key),
-            coffers=Coffers(db, tuple(settings.regions), settings.max_coffers),
+            identities=identities,
+            coffers=coffers,
             objects=Objects(db, stores, lease_seconds=settings.lease_seconds,
-                            max_object_size=settings.max_object_size),
+                            max_object_size=settings.max_object_size,
+                            body_timeout=settings.body_timeout),
             is_new=found == 0,
         )
+
+    @staticmethod
+    def _fault(settings: Settings, identities: Identities | None,
+               coffers: Coffers) -> str | None:
+        """Why an existing installation must not be served as configured, or None."""
+        if identities is None or not identities.root_key_matches():
+            return (f"the root key of the installation in {settings.data_dir} is missing or "
+                    "is not the one its secrets were sealed with: restore keys/root.key from "
+                    f"the backup (or set {rootkey.ENV_VAR}); never let a new one be made")
+        missing = sorted(coffers.regions_in_use() - set(settings.regions))
+        if missing:
+            return (f"coffers are stored in region(s) {', '.join(missing)}, which the "
+                    "configuration no longer names: restore them in the regions setting")
+        return None
 
     def close(self) -> None:
         self.db.close()

@@ -8,6 +8,8 @@ from datacoffer.errors import CdcsError
 
 _COFFER_RE = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?)-([0-9]+)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Noncharacters that XML 1.0 cannot carry, so a listing could not show such a key.
+_NONCHAR_RE = re.compile("[\ufffe\uffff]")
 MAX_KEY_BYTES = 850
 
 
@@ -38,6 +40,8 @@ def key_fault(key: str, *, prefix: bool = False) -> str | None:
         return "An object key cannot contain control characters."
     if any(0xD800 <= ord(c) <= 0xDFFF for c in key):
         return "An object key must be valid UTF-8."
+    if _NONCHAR_RE.search(key):
+        return "An object key cannot contain the noncharacters U+FFFE or U+FFFF."
     if key.startswith("/"):
         return "An object key cannot start with '/'."
     segments = key.split("/")
@@ -60,5 +64,14 @@ def check_prefix(coffer: str, prefix: str) -> None:
         return
     fault = key_fault(prefix, prefix=True)
     if fault:
-        raise CdcsError("InvalidObjectPrefix", fault.replace("object key", "prefix"),
+        raise CdcsError("InvalidObjectPrefix", fault.replace("An object key", "A prefix"),
+                        resource=coffer)
+
+
+def check_marker(coffer: str, marker: str) -> None:
+    """A listing marker is echoed in the listing, so it must be text a key could hold."""
+    if marker and (_CONTROL_RE.search(marker) or _NONCHAR_RE.search(marker)
+                   or any(0xD800 <= ord(c) <= 0xDFFF for c in marker)):
+        raise CdcsError("InvalidArgument",
+                        "marker must be valid UTF-8 without control characters.",
                         resource=coffer)

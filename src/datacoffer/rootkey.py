@@ -41,14 +41,20 @@ class RootKey:
         return "RootKey(<hidden>)"
 
 
-def load_or_create(data_dir: Path) -> tuple[RootKey, bool]:
-    """The root key, and whether it was created just now."""
+def load(data_dir: Path) -> RootKey | None:
+    """The root key from the environment or the key file, or None when there is none."""
     env = os.environ.get(ENV_VAR)
     if env:
-        return RootKey(base64.b64decode(env)), False
+        return RootKey(base64.b64decode(env))
     path = data_dir / "keys" / "root.key"
     if path.exists():
-        return RootKey(base64.b64decode(path.read_bytes())), False
+        return RootKey(base64.b64decode(path.read_bytes()))
+    return None
+
+
+def create(data_dir: Path) -> RootKey:
+    """Make a new root key file (mode 0600); if another process just made one, use theirs."""
+    path = data_dir / "keys" / "root.key"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = os.urandom(32)
     tmp = path.with_name(f"root.key.{os.getpid()}.tmp")
@@ -59,9 +65,9 @@ def load_or_create(data_dir: Path) -> tuple[RootKey, bool]:
     finally:
         os.close(fd)
     try:
-        os.link(tmp, path)  # fails if another process created it meanwhile: use theirs
+        os.link(tmp, path)  # fails if another process created it meanwhile
     except FileExistsError:
+        return RootKey(base64.b64decode(path.read_bytes()))
+    finally:
         os.unlink(tmp)
-        return RootKey(base64.b64decode(path.read_bytes())), False
-    os.unlink(tmp)
-    return RootKey(key), True
+    return RootKey(key)

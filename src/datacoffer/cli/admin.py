@@ -12,7 +12,7 @@ import click
 import sqlalchemy as sa
 
 from datacoffer import __version__
-from datacoffer.cli.options import data_dir_option, emit, fail, open_installation
+from datacoffer.cli.options import data_dir_option, emit, fail, open_installation, settings
 from datacoffer.core.coffers import STORED, WRITING
 from datacoffer.core.identities import ApiKey, IdentityError
 from datacoffer.installation import Installation
@@ -22,7 +22,7 @@ from datacoffer.meta.schema import coffers, object_copies, objects
 
 @contextmanager
 def installation(data_dir: str | None, config_file: str | None) -> Iterator[Installation]:
-    inst = open_installation(data_dir, config_file)
+    inst = open_installation(settings(data_dir, config_file), create=False)
     try:
         yield inst
     except IdentityError as exc:
@@ -152,24 +152,19 @@ def whitelist() -> None:
     """The whitelist: accounts for which the service is open."""
 
 
-@whitelist.command("add")
-@click.option("--app-id", required=True, help="The account's AppID.")
-@data_dir_option
-def whitelist_add(app_id: str, data_dir: str | None, config_file: str | None) -> None:
-    """Open the service for an account (and its sub-accounts)."""
-    with installation(data_dir, config_file) as inst:
-        inst.identities.set_whitelisted(app_id, True)
-    emit({"AppId": app_id, "Whitelisted": True})
+def _whitelist_command(name: str, whitelisted: bool, help_text: str) -> None:
+    @whitelist.command(name, help=help_text)
+    @click.option("--app-id", required=True, help="The account's AppID.")
+    @data_dir_option
+    def command(app_id: str, data_dir: str | None, config_file: str | None) -> None:
+        with installation(data_dir, config_file) as inst:
+            inst.identities.set_whitelisted(app_id, whitelisted)
+        emit({"AppId": app_id, "Whitelisted": whitelisted})
 
 
-@whitelist.command("remove")
-@click.option("--app-id", required=True, help="The account's AppID.")
-@data_dir_option
-def whitelist_remove(app_id: str, data_dir: str | None, config_file: str | None) -> None:
-    """Close the service for an account: its requests get ServiceNotOpen."""
-    with installation(data_dir, config_file) as inst:
-        inst.identities.set_whitelisted(app_id, False)
-    emit({"AppId": app_id, "Whitelisted": False})
+_whitelist_command("add", True, "Open the service for an account (and its sub-accounts).")
+_whitelist_command("remove", False,
+                   "Close the service for an account: its requests get ServiceNotOpen.")
 
 
 @whitelist.command("list")

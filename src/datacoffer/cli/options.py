@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from datacoffer import config
-from datacoffer.installation import Installation
+from datacoffer.installation import Installation, InstallationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,9 +36,11 @@ def settings(data_dir: str | None, config_file: str | None, **flags: Any) -> con
         fail(str(exc), 2)
 
 
-def open_installation(data_dir: str | None, config_file: str | None) -> Installation:
+def open_installation(conf: config.Settings, *, create: bool) -> Installation:
     try:
-        return Installation.open(settings(data_dir, config_file))
+        return Installation.open(conf, create=create)
+    except InstallationError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(f"cannot open the data directory: {exc.strerror} ({exc.filename})")
 

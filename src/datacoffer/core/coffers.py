@@ -98,6 +98,11 @@ class Coffers:
                                 .order_by(coffers.c.name))
             return [_row_to_coffer(r) for r in rows]
 
+    def regions_in_use(self) -> set[str]:
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(coffers.c.locations).distinct()).scalars()
+            return {region for locations in rows for region in locations.split(",")}
+
     def check_spec(self, name: str, spec: CofferSpec) -> None:
         """InvalidArgument unless the regions and encryption of a PutCoffer are acceptable."""
         locs = spec.locations

@@ -98,6 +98,19 @@ class Identities:
                 created_ms=now_ms()))
             return self._new_key(conn, uin)
 
+    def root_key_matches(self) -> bool:
+        """Whether the root key opens the sealed secrets (checked on one key, if any)."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(api_keys.c.secret_id, api_keys.c.sealed_key)
+                               .limit(1)).first()
+        if row is None:
+            return True
+        try:
+            self.root_key.open(row.sealed_key, row.secret_id)
+        except ValueError:
+            return False
+        return True
+
     def get(self, uin: str) -> Identity | None:
         with self.db.read() as conn:
             return self._identity(conn, uin)

@@ -76,11 +76,12 @@ def _pid_alive(pid: int) -> bool:
 
 class Objects:
     def __init__(self, db: Database, stores: dict[str, RegionStore], *,
-                 lease_seconds: int, max_object_size: int) -> None:
+                 lease_seconds: int, max_object_size: int, body_timeout: int = 60) -> None:
         self.db = db
         self.stores = stores
         self.lease_ms = lease_seconds * 1000
         self.max_object_size = max_object_size
+        self.body_timeout = body_timeout
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.token = secrets.token_hex(8)
@@ -101,8 +102,17 @@ class Objects:
 
     def _discard(self, conn: sa.Connection, object_id: int, blob_id: str) -> None:
         conn.execute(objects.delete().where(objects.c.id == object_id))
+        self._remove_blob(blob_id)
+
+    def _remove_blob(self, blob_id: str) -> None:
+        """Remove a blob's files from every region. A region that fails (a disk error) is
+        logged and the rest still cleaned: the blob is unreferenced garbage either way."""
         for store in self.stores.values():
-            store.remove(blob_id)
+            try:
+                store.remove(blob_id)
+            except OSError as exc:
+                log.error("could not remove blob %s from region %s: %s", blob_id,
+                          store.name, exc)
 
     def reserve(self, coffer: Coffer, key: str, writer: Identity) -> Reservation:
         """Take the key for a new object, or refuse with the code that says who holds it."""
@@ -152,8 +162,7 @@ class Objects:
             conn.execute(objects.delete().where(
                 (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
                 & (objects.c.state == WRITING)))
-        for store in self.stores.values():
-            store.remove(res.blob_id)
+        self._remove_blob(res.blob_id)
 
     def finish(self, res: Reservation, *, size: int, etag: str, sha256: str,
                content_type: str) -> StoredObject:
@@ -186,7 +195,7 @@ class Objects:
         try:
             writer_blob = await anyio.to_thread.run_sync(store.create, res.blob_id)
             md5, sha = hashlib.md5(), hashlib.sha256()
-            await _pump(body, writer_blob, md5, sha, length, resource)
+            await _pump(body, writer_blob, md5, sha, length, resource, self.body_timeout)
             if content_md5 is not None and md5.digest() != content_md5:
                 raise CdcsError("InvalidArgument",
                                 "Content-MD5 does not match the bytes received.",
@@ -199,9 +208,12 @@ class Objects:
         except BaseException:
             renewer.cancel()
             with anyio.CancelScope(shield=True):
-                if writer_blob is not None:
-                    await anyio.to_thread.run_sync(writer_blob.abort)
-                await anyio.to_thread.run_sync(self.cancel, res)
+                try:  # a failing clean-up must not hide why the write failed
+                    if writer_blob is not None:
+                        await anyio.to_thread.run_sync(writer_blob.abort)
+                    await anyio.to_thread.run_sync(self.cancel, res)
+                except Exception:
+                    log.exception("clean-up after a failed write of %s failed", resource)
             raise
         finally:
             with suppress(asyncio.CancelledError):
@@ -239,37 +251,57 @@ class Objects:
         if start != 0 or length != obj.size:
             yield from chunks
             return
+        # The last chunk is held back until the hash is checked: were it sent first, the client
+        # would have every Content-Length byte, and damaged data would look like a good answer.
         sha = hashlib.sha256()
+        held: bytes | None = None
         for chunk in chunks:
             sha.update(chunk)
-            yield chunk
+            if held is not None:
+                yield held
+            held = chunk
         if sha.hexdigest() != obj.sha256:
             raise CorruptData(f"object {obj.id} in region {region}: SHA-256 mismatch")
+        if held is not None:
+            yield held
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def recover(self) -> dict[str, int]:
-        """Reclaim the reservations of dead writers and remove stray temporary files."""
+    def reclaim_lapsed(self, coffer: Coffer | None = None) -> tuple[int, set[str]]:
+        """Discard the reservations whose writer is gone (in one coffer, or everywhere).
+
+        Returns how many were reclaimed and the blob ids of the reservations still live.
+        """
         now = now_ms()
-        reclaimed = 0
-        listed = {name: store.tmp_blob_ids() for name, store in self.stores.items()}
+        reclaimed, live = 0, set()
+        query = sa.select(objects.c.id, objects.c.blob_id, objects.c.holder,
+                          objects.c.lease_until_ms).where(objects.c.state == WRITING)
+        if coffer is not None:
+            query = query.where(objects.c.coffer_id == coffer.id)
         with self.db.write() as conn:
-            rows = conn.execute(sa.select(objects.c.id, objects.c.blob_id, objects.c.holder,
-                                          objects.c.lease_until_ms)
-                                .where(objects.c.state == WRITING)).all()
-            live = set()
-            for row in rows:
+            for row in conn.execute(query).all():
                 if self._lapsed(row.holder, row.lease_until_ms, now):
                     self._discard(conn, row.id, row.blob_id)
                     reclaimed += 1
                 else:
                     live.add(row.blob_id)
+        return reclaimed, live
+
+    def recover(self) -> dict[str, int]:
+        """Reclaim the reservations of dead writers and remove stray temporary files."""
+        # List the files before reading the rows: a reservation row is committed before its
+        # file is created, so every listed file of a live upload has a row by then.
+        listed = {name: store.tmp_blob_ids() for name, store in self.stores.items()}
+        reclaimed, live = self.reclaim_lapsed()
         stray = 0
         for name, blob_ids in listed.items():
             for blob_id in blob_ids:
                 if blob_id not in live:
-                    (self.stores[name].tmp_dir / blob_id).unlink(missing_ok=True)
-                    stray += 1
+                    try:  # a reclaimed reservation's file is already gone: not a stray
+                        (self.stores[name].tmp_dir / blob_id).unlink()
+                        stray += 1
+                    except FileNotFoundError:
+                        pass
         return {"reclaimed": reclaimed, "stray_files": stray}
 
 
@@ -281,10 +313,11 @@ def _row_to_object(row: sa.Row) -> StoredObject:
 
 
 async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash,
-                sha: hashlib._Hash, length: int, resource: str) -> None:
+                sha: hashlib._Hash, length: int, resource: str, idle_timeout: float) -> None:
     """Move the body into the blob, hashing it, in batches run off the event loop.
 
-    While one batch is written and hashed in a worker thread, the next is received.
+    While one batch is written and hashed in a worker thread, the next is received. A client
+    that sends nothing for `idle_timeout` seconds loses its upload (and the key it held).
     """
 
     def step(data: bytes) -> None:
@@ -295,8 +328,18 @@ async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash
     pending: asyncio.Future[None] | None = None
     buf = bytearray()
     received = 0
+    chunks = aiter(body)
     try:
-        async for chunk in body:
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise CdcsError("InvalidArgument",
+                                f"No body bytes arrived for {idle_timeout:g} seconds; the "
+                                "upload was abandoned.", resource=resource) from None
             received += len(chunk)
             if received > length:
                 raise CdcsError("InvalidArgument", "The body is longer than Content-Length.",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -21,7 +21,7 @@ from datacoffer.errors import CdcsError
 from datacoffer.http import coffers, objects, service
 from datacoffer.http.auth import authenticate
 from datacoffer.http.call import Call
-from datacoffer.http.errors import error_response
+from datacoffer.http.errors import error_response, printable
 from datacoffer.http.router import Endpoint, decode_path, parse_query, route
 from datacoffer.installation import Installation
 
@@ -89,6 +89,10 @@ class DataCofferApp:
             response = await handler(call)
         except CdcsError as err:
             response = self._error(err, request, request_id)
+        except ClientDisconnect:
+            access_log.info("%s %s %s: the client went away before sending its whole body",
+                            request_id, method, endpoint.operation if endpoint else "-")
+            return
         except Exception:
             trace_id = new_id()
             log.exception("trace %s: unexpected failure in %s %s", trace_id, method,
@@ -112,18 +116,14 @@ class DataCofferApp:
             status = 500
         access_log.info(
             "%s %s %s %s %d %.1fms", request_id, method,
-            endpoint.operation if endpoint else "-", _printable(path), status,
+            endpoint.operation if endpoint else "-", printable(path), status,
             (time.perf_counter() - started) * 1000)
 
     def _error(self, err: CdcsError, request: Request, request_id: str) -> Response:
         trace_id = new_id()
-        log.info("trace %s: %s %s: %s%s", trace_id, err.code.name, err.resource or "-",
-                 err.message, f" ({err.detail})" if err.detail else "")
+        detail = f" ({err.detail})" if err.detail else ""
+        log.info("trace %s: %s %s: %s", trace_id, err.code.name, printable(err.resource or "-"),
+                 printable(err.message + detail))
         return error_response(err, request_id=request_id, trace_id=trace_id,
                               accept=request.headers.get("accept", ""),
                               head=request.method == "HEAD")
-
-
-def _printable(path: str) -> str:
-    """The path for a log line: undecodable bytes shown as escapes, not as surrogates."""
-    return path.encode("utf-8", "backslashreplace").decode()

@@ -51,6 +51,6 @@ async def authenticate(identities: Identities, request: Request, endpoint: Endpo
     identity = key.identity
     if not identity.whitelisted:
         raise CdcsError("ServiceNotOpen",
-                        f"The service is not open for account {identity.account_uin}; ask the "
-                        "operator to add its AppID to the whitelist.", resource=resource)
+                        f"The service is not open for the account with AppID {identity.app_id}; "
+                        "ask the operator to add it to the whitelist.", resource=resource)
     return identity

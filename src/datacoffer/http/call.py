@@ -36,7 +36,8 @@ class Call:
         if coffer is None:
             raise self.fail("CofferNotFound" if self.endpoint.object_level else "NoSuchCoffer")
         access.require(self.identity, self.endpoint.action, coffer, self.endpoint.resource)
-        addressed = self.endpoint.region
+        # Reads are served by the addressed region's copy; writes always land in the primary.
+        addressed = self.endpoint.region if self.request.method in ("GET", "HEAD") else None
         self.region = addressed if addressed in coffer.locations else coffer.primary
         return coffer
 
@@ -45,7 +46,7 @@ class Call:
         raw = next((self.endpoint.params[n] for n in names if n in self.endpoint.params), None)
         if raw is None:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
             raise self.fail("InvalidArgument",
                             f"{names[0]} must be a whole number from {low} to {high}.")
         return int(raw)

@@ -16,7 +16,7 @@ from datacoffer.http import xml
 from datacoffer.http.body import read_limited
 from datacoffer.http.call import Call
 from datacoffer.http.service import locations_element
-from datacoffer.names import check_prefix, split_coffer_name
+from datacoffer.names import check_marker, check_prefix, split_coffer_name
 
 MAX_COFFER_BODY = 64 * 1024
 
@@ -70,6 +70,7 @@ async def get_coffer(call: Call) -> Response:
     encoding = call.encoding_type()
     prefix, delimiter, marker = call.param("prefix"), call.param("delimiter"), call.param("marker")
     check_prefix(call.endpoint.coffer, prefix)
+    check_marker(call.endpoint.coffer, marker)
     coffer = await call.coffer()
     listing = await anyio.to_thread.run_sync(
         call.inst.coffers.list_objects, coffer, prefix, delimiter, marker, max_keys)
@@ -106,5 +107,7 @@ async def get_coffer(call: Call) -> Response:
 
 async def delete_coffer(call: Call) -> Response:
     coffer = await call.coffer()
+    # An upload whose writer died must not keep the coffer locked until the next restart.
+    await anyio.to_thread.run_sync(call.inst.objects.reclaim_lapsed, coffer)
     await anyio.to_thread.run_sync(call.inst.coffers.delete, coffer)
     return Response(b"", 204)

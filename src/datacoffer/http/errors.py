@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.responses import Response
 
@@ -35,9 +36,29 @@ def prefers_json(accept: str) -> bool:
     return json_q > 0 and json_q >= xml_q
 
 
+#: What neither XML 1.0 nor UTF-8 can carry: control characters, U+FFFE/U+FFFF, and the lone
+#: surrogates that stand for the undecodable bytes of a request path.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    try:
+        raw = match.group().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = match.group().encode("utf-8", "surrogatepass")
+    return "".join(f"%{byte:02X}" for byte in raw)
+
+
+def printable(text: str) -> str:
+    """`text` fit for an error document: a refused key may hold bytes that a well-formed XML
+    or UTF-8 body cannot, so those are shown percent-encoded (`bad%01key`, `x%FFy`)."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def error_response(err: CdcsError, *, request_id: str, trace_id: str, accept: str,
                    head: bool) -> Response:
-    fields = {"Code": err.code.name, "Message": err.message, "Resource": err.resource or "",
+    fields = {"Code": err.code.name, "Message": printable(err.message),
+              "Resource": printable(err.resource or ""),
               "RequestId": request_id, "TraceId": trace_id}
     headers = {**err.headers, "x-cdcs-trace-id": trace_id, "x-cdcs-error-code": err.code.name}
     if head:

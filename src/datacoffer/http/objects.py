@@ -15,6 +15,9 @@ from datacoffer.http.call import Call
 from datacoffer.http.ranges import Unsatisfiable, parse_range
 from datacoffer.names import check_key
 
+#: as long as the metadata column that stores it
+MAX_CONTENT_TYPE = 256
+
 
 def object_headers(obj: StoredObject) -> dict[str, str]:
     return {
@@ -55,10 +58,14 @@ async def put_object(call: Call) -> Response:
     if length == 0:
         raise call.fail("ObjectEmpty")
     md5 = _content_md5(call)
+    content_type = call.request.headers.get("content-type", "")
+    if len(content_type) > MAX_CONTENT_TYPE:
+        raise call.fail("InvalidArgument",
+                        f"Content-Type is limited to {MAX_CONTENT_TYPE} characters.")
     coffer = await call.coffer()
     obj = await call.inst.objects.put(
         coffer, endpoint.key, call.identity, call.request.stream(), length,
-        call.request.headers.get("content-type", ""), md5)
+        content_type, md5)
     return Response(b"", headers=object_headers(obj))
 
 
@@ -71,14 +78,17 @@ async def _stored(call: Call) -> StoredObject:
 
 
 def _full_headers(obj: StoredObject) -> dict[str, str]:
-    return {**object_headers(obj), "Content-Length": str(obj.size),
+    """GetObject's headers. Content-Type is set as stored: passing it as Starlette's
+    media_type would append a charset to text types."""
+    return {**object_headers(obj), "Content-Type": obj.content_type,
+            "Content-Length": str(obj.size),
             "x-cdcs-encrypt-type": str(obj.encrypt_type),
             "x-cdcs-checksum-sha256": obj.sha256}
 
 
 async def head_object(call: Call) -> Response:
     obj = await _stored(call)
-    return Response(b"", headers=_full_headers(obj), media_type=obj.content_type)
+    return Response(b"", headers=_full_headers(obj))
 
 
 async def get_object(call: Call) -> Response:
@@ -98,4 +108,4 @@ async def get_object(call: Call) -> Response:
         headers["Content-Length"] = str(length)
     assert call.region is not None
     body = call.inst.objects.read(obj, call.region, start, length)
-    return StreamingResponse(body, status, headers, media_type=obj.content_type)
+    return StreamingResponse(body, status, headers)

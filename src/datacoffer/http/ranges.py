@@ -28,9 +28,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return max(0, size - suffix), size - 1
     first = int(first_s)
-    last = int(last_s) if last_s else size - 1
-    if last < first:
+    if last_s and int(last_s) < first:
         return None
     if first >= size:
         raise Unsatisfiable
+    last = int(last_s) if last_s else size - 1
     return first, min(last, size - 1)

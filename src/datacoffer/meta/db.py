@@ -40,6 +40,10 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+class SchemaTooNew(RuntimeError):
+    """The metadata store was written by a newer version of the program."""
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -70,7 +74,7 @@ class Database:
                 return 0
             found = conn.execute(sa.select(schema.schema_version.c.version)).scalar_one()
             if found > LATEST:
-                raise RuntimeError(
+                raise SchemaTooNew(
                     f"the metadata store has schema version {found}, newer than this "
                     f"program's {LATEST}: upgrade the program")
             for version in range(found + 1, LATEST + 1):

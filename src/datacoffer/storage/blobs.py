@@ -54,7 +54,6 @@ class BlobWriter:
         self._file.close()
         self._file = None
         final = self.region.blob_path(self.blob_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.tmp_path, final)
         _fsync_dir(final.parent)
 
@@ -73,8 +72,18 @@ class RegionStore:
         self.blobs_dir = root / "blobs"
 
     def prepare(self) -> None:
+        """Create the directory tree once, durably: every blob's directory exists (and is
+        on disk) before any blob is renamed into it, so a commit fsyncs only that one."""
         for path in (self.tmp_dir, self.blobs_dir):
             path.mkdir(parents=True, exist_ok=True)
+        missing = [f"{i:02x}" for i in range(256)
+                   if not (self.blobs_dir / f"{i:02x}").is_dir()]
+        for name in missing:
+            (self.blobs_dir / name).mkdir(exist_ok=True)
+        if missing:
+            _fsync_dir(self.blobs_dir)
+            _fsync_dir(self.root)
+            _fsync_dir(self.root.parent)
 
     def blob_path(self, blob_id: str) -> Path:
         return self.blobs_dir / blob_id[:2] / blob_id

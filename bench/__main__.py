@@ -1,0 +1,179 @@
+"""`python -m bench`: start a server, measure PutObject/GetObject, print a table.
+
+See bench/README.md for what each number means. Everything runs on 127.0.0.1, in a temporary
+data directory that is removed at the end (also after Ctrl-C) unless --keep is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from bench import machine, report
+from bench.cases import MIB, Case, Mode, Result, Runner, plan
+from bench.server import BenchServer
+
+#: The client that gave the higher numbers on the development machine (see docs/performance.md).
+DEFAULT_MODE: Mode = "threads"
+
+
+class MiBSpeed(ProgressColumn):
+    """Transfer speed in MiB/s (rich's own column uses decimal MB/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        text = "" if speed is None else f"{speed / MIB:,.1f} MiB/s"
+        return Text(text, style="progress.data.speed")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small counts and no 1 GiB case: well under a minute, for trying it")
+    p.add_argument("--json", type=Path, metavar="FILE", help="save all results as JSON")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables as markdown")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary data directory (and server.log) at the end")
+    p.add_argument("--dir", type=Path, metavar="PARENT",
+                   help="create the temporary data directory under PARENT (choose the disk "
+                        "to measure; default: the system temp dir)")
+    p.add_argument("--mode", choices=("threads", "async"), default=DEFAULT_MODE,
+                   help="client: one thread + httpx.Client per concurrent client, or asyncio "
+                        f"+ httpx.AsyncClient (default {DEFAULT_MODE})")
+    p.add_argument("--cases", metavar="NAMES",
+                   help="comma-separated case names or glob patterns, e.g. "
+                        "'*-1mib,*-4kib-c16' (a GET case needs its PUT case); see README")
+    p.add_argument("--no-limits", action="store_true",
+                   help="skip measuring the machine's limits (dd, hashlib)")
+    return p.parse_args(argv)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGHUP are handled like Ctrl-C, so the cleanup in `finally` blocks runs."""
+    raise KeyboardInterrupt
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", "--no-optional-locks", *args], capture_output=True,
+                              text=True, timeout=10, cwd=Path(__file__).parent, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _commit() -> str | None:
+    """The measured code: HEAD, with "+dirty" when tracked files differ (read-only git)."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _selected(cases: list[Case], names: str | None) -> list[Case]:
+    """The cases whose name matches one of the comma-separated glob patterns."""
+    if not names:
+        return cases
+    patterns = [n.strip().lower() for n in names.split(",") if n.strip()]
+    return [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    # Not a terminal (make bench > file): a wide table instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    cases = _selected(plan(quick=args.quick), args.cases)
+    if not cases:
+        console.print("[red]no case matches --cases")
+        return 2
+    results: list[Result] = []
+    limits: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    meta: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick, "mode": args.mode, "commit": _commit(),
+        "command": shlex.join(["python", "-m", "bench",
+                              *(argv if argv is not None else sys.argv[1:])]),
+    }
+    interrupted = False
+    began = time.monotonic()
+    try:
+        with BenchServer(args.dir, keep=args.keep) as server:
+            console.print(f"server pid {server.pid} on {server.base_url}, data in "
+                          f"{server.data_dir}")
+            info = machine.info(server.data_dir)
+            if info["filesystem"].startswith("tmpfs"):
+                console.print("[yellow]the data directory is on tmpfs: disk numbers mean "
+                              "memory; use --dir to choose a real disk")
+            if not args.no_limits:
+                with console.status("measuring the machine's limits (dd, hashlib)"):
+                    limits = machine.limits(server.data_dir, quick=args.quick)
+                for what, value in report.limit_rows(limits):
+                    console.print(f"  {what}: {value}")
+            progress = Progress(
+                TextColumn("{task.description:<18}"), BarColumn(bar_width=24),
+                DownloadColumn(binary_units=True), MiBSpeed(),
+                TextColumn("{task.fields[ops]}/{task.fields[planned]} ops"),
+                TimeElapsedColumn(), console=console)
+            runner = Runner(server, progress, mode=args.mode)
+            runner.setup()
+            with progress:
+                for case in cases:
+                    if case.size >= 64 * MIB:
+                        progress.console.print(f"[dim]hashing the {case.label} body once, "
+                                               "to verify what the server returns")
+                    result = runner.run(case)
+                    results.append(result)
+                    progress.console.print(report.summary(result))
+                    if not server.alive():
+                        raise RuntimeError(f"the server died:\n{server.log_tail()}")
+            meta["server_peak_rss_mib"] = server.peak_rss_mib()
+            if args.keep:
+                console.print(f"kept {server.root} (server log: {server.log_path})")
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: the server is stopped and its directory removed"
+                      + (" (kept: --keep)" if args.keep else ""))
+    meta["seconds"] = round(time.monotonic() - began, 1)
+    # ru_maxrss is in KiB on Linux: shows that no object was held in the client's memory.
+    meta["client_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    meta["interrupted"] = interrupted
+    if results:
+        report.console_tables(console, results, info, limits)
+        if args.markdown:
+            args.markdown.write_text(report.markdown(results, info, limits, meta))
+            console.print(f"markdown written to {args.markdown}")
+        if args.json:
+            report.write_json(args.json, results, info, limits, meta)
+            console.print(f"JSON written to {args.json}")
+    if interrupted:
+        return 130
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

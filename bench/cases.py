@@ -1,0 +1,371 @@
+"""The benchmark cases and the loops that run them.
+
+Every loop is bounded twice: by a count of operations and by a time limit (checked before each
+new operation; an operation in flight is bounded by the client's timeouts). Latencies are taken
+per operation; the wall time of a case runs from the moment all its clients are ready to the
+end of its last operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from rich.progress import Progress
+
+from bench.client import AsyncClient, BenchError, Expected, Signer, SyncClient, expected
+from bench.server import BenchServer
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+#: Objects up to this size are measured in operations per second, larger ones in MiB/s.
+SMALL = 64 * KIB
+#: Downloads up to this size are hashed by the client too (SHA-256), larger ones only counted
+#: (and checked against the server's x-cdcs-checksum-sha256, which the server itself verifies
+#: while reading): hashing 1 MiB on the client would sit on the single-client critical path.
+HASH_LIMIT = SMALL
+READY_TIMEOUT = 60.0
+
+Mode = Literal["threads", "async"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: Literal["put", "get"]
+    size: int
+    count: int
+    clients: int
+    time_limit: float
+
+    @property
+    def small(self) -> bool:
+        return self.size <= SMALL
+
+    @property
+    def hash_body(self) -> bool:
+        return self.op == "get" and self.size <= HASH_LIMIT
+
+    @property
+    def label(self) -> str:
+        return f"{self.op.upper()} {size_label(self.size)} x{self.clients}"
+
+
+def size_label(size: int) -> str:
+    for unit, name in ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size} B"
+
+
+def plan(*, quick: bool) -> list[Case]:
+    """The cases in run order: each GET case reads the objects its PUT case just wrote."""
+    if quick:
+        big = [(MIB, 16, 20.0), (64 * MIB, 2, 30.0)]
+        small = [(1, 200, 10.0), (16, 400, 10.0)]
+    else:
+        big = [(MIB, 64, 120.0), (64 * MIB, 8, 300.0), (GIB, 2, 600.0)]
+        small = [(1, 2000, 60.0), (16, 2000, 60.0)]
+    cases: list[Case] = []
+    for size, count, limit in big:
+        for op in ("put", "get"):
+            cases.append(Case(f"{op}-{size_label(size).replace(' ', '').lower()}", op, size,
+                              count, 1, limit))
+    for clients, count, limit in small:
+        for op in ("put", "get"):
+            cases.append(Case(f"{op}-4kib-c{clients}", op, 4 * KIB, count, clients, limit))
+    return cases
+
+
+@dataclass
+class Result:
+    name: str
+    label: str
+    op: str
+    size: int
+    clients: int
+    planned: int
+    mode: str
+    ops: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    mib_s: float = 0.0
+    ops_s: float = 0.0
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    #: CPU cores busy on average during the case (1.0 = one core fully used).
+    server_cpu: float | None = None
+    client_cpu: float | None = None
+    verified: str = ""
+    stopped_by: str = ""
+    error: str | None = None
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["latencies_ms"]
+        return data
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 1))))
+    return sorted_values[rank - 1]
+
+
+class _Claims:
+    """Hands out operation numbers 0..count-1 to the workers, once each."""
+
+    def __init__(self, count: int) -> None:
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+        self.count = count
+
+    def take(self) -> int | None:
+        with self._lock:
+            i = next(self._next)
+        return i if i < self.count else None
+
+
+class _Tally:
+    """Per-case counters shared by the workers (list.append is atomic under the GIL)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.ends: list[float] = []
+        self.errors: list[BaseException] = []
+        self.failed = threading.Event()
+
+    def fail(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        self.failed.set()
+
+
+class Runner:
+    """Runs cases against one server; remembers the keys written so GET cases can read them."""
+
+    def __init__(self, server: BenchServer, progress: Progress, *, mode: Mode) -> None:
+        assert server.account is not None
+        self.server = server
+        self.progress = progress
+        self.mode: Mode = mode
+        self.signer = Signer(server.host_header, server.account)
+        self.coffer = f"bench{secrets.token_hex(3)}-{server.account.app_id}"
+        self.stored: dict[int, list[str]] = {}
+        self._expected: dict[int, Expected] = {}
+        self.stop = threading.Event()
+
+    def setup(self) -> None:
+        client = SyncClient(self.server.base_url, self.signer)
+        try:
+            body = json.dumps({"Locations": {"Location": ["ap-tianjin"]}}).encode()
+            r = client.put_json(f"/{self.coffer}", body)
+            if r.status_code != 200:
+                raise BenchError(f"PutCoffer: HTTP {r.status_code}: {r.text[:300]}")
+        finally:
+            client.close()
+
+    def expected(self, size: int) -> Expected:
+        if size not in self._expected:
+            self._expected[size] = expected(size)
+        return self._expected[size]
+
+    # -- one case ------------------------------------------------------------------------------
+
+    def run(self, case: Case) -> Result:
+        result = Result(case.name, case.label, case.op, case.size, case.clients, case.count,
+                        self.mode)
+        result.verified = ("ETag = MD5 of the body" if case.op == "put" else
+                           "size, x-cdcs-checksum-sha256" + (", SHA-256 of the body"
+                                                             if case.hash_body else ""))
+        keys = self.stored.setdefault(case.size, [])
+        if case.op == "get" and not keys:
+            result.error = "no objects of this size were stored (its PUT case failed)"
+            result.stopped_by = "skipped"
+            return result
+        exp = self.expected(case.size)
+        task = self.progress.add_task(case.label, total=case.count * case.size, ops="0",
+                                      planned=str(case.count))
+        done = itertools.count(1)
+
+        def after_op() -> None:
+            n = next(done)
+            self.progress.update(task, advance=case.size if case.small else 0, ops=str(n))
+
+        on_bytes = None if case.small else (lambda n: self.progress.advance(task, n))
+        tag = secrets.token_hex(2)
+
+        def path(i: int) -> str:
+            if case.op == "put":
+                return f"/{self.coffer}/{case.name}/{tag}/{i:07d}"
+            return f"/{self.coffer}/{keys[i % len(keys)]}"
+
+        def on_put_done(i: int) -> None:
+            keys.append(f"{case.name}/{tag}/{i:07d}")
+
+        tally = _Tally()
+        cpu0 = self.server.cpu_seconds()
+        proc0 = time.process_time()
+        try:
+            if self.mode == "threads":
+                start = self._run_threads(case, exp, path, on_bytes, on_put_done, after_op,
+                                          tally)
+            else:
+                start = _run_coroutine(self._run_async(case, exp, path, on_bytes, on_put_done,
+                                                       after_op, tally))
+        finally:
+            self.progress.update(task, description=f"[dim]{case.label}")
+        cpu1 = self.server.cpu_seconds()
+        proc1 = time.process_time()
+        self._finish(result, case, start, tally)
+        if result.seconds > 0:
+            if cpu0 is not None and cpu1 is not None:
+                result.server_cpu = (cpu1 - cpu0) / result.seconds
+            result.client_cpu = (proc1 - proc0) / result.seconds
+        return result
+
+    def _finish(self, result: Result, case: Case, start: float, tally: _Tally) -> None:
+        result.ops = len(tally.latencies)
+        result.bytes = result.ops * case.size
+        result.seconds = (max(tally.ends) - start) if tally.ends else 0.0
+        if result.seconds > 0:
+            result.mib_s = result.bytes / MIB / result.seconds
+            result.ops_s = result.ops / result.seconds
+        if tally.latencies:
+            lat = sorted(x * 1000 for x in tally.latencies)
+            result.p50_ms = percentile(lat, 0.50)
+            result.p90_ms = percentile(lat, 0.90)
+            result.p99_ms = percentile(lat, 0.99)
+            result.max_ms = lat[-1]
+            result.latencies_ms = lat
+        if tally.errors:
+            result.error = f"{type(tally.errors[0]).__name__}: {tally.errors[0]}"
+            result.stopped_by = "error"
+        elif self.stop.is_set():
+            result.stopped_by = "interrupted"
+        elif result.ops >= case.count:
+            result.stopped_by = "count"
+        else:
+            result.stopped_by = "time limit"
+
+    # -- threads: one httpx.Client per thread --------------------------------------------------
+
+    def _run_threads(self, case: Case, exp: Expected, path: Callable[[int], str],
+                     on_bytes: Callable[[int], None] | None,
+                     on_put_done: Callable[[int], None], after_op: Callable[[], None],
+                     tally: _Tally) -> float:
+        """Run the case; return the perf_counter() at which the clients were let go."""
+        claims = _Claims(case.count)
+        ready = threading.Barrier(case.clients + 1)
+        deadline = [0.0]
+
+        def worker() -> None:
+            client = SyncClient(self.server.base_url, self.signer)
+            try:
+                ready.wait(READY_TIMEOUT)
+                while not (self.stop.is_set() or tally.failed.is_set()):
+                    if time.monotonic() >= deadline[0]:
+                        return
+                    i = claims.take()
+                    if i is None:
+                        return
+                    t0 = time.perf_counter()
+                    if case.op == "put":
+                        client.put(path(i), exp, on_bytes)
+                        on_put_done(i)
+                    else:
+                        client.get(path(i), exp, hash_body=case.hash_body, on_bytes=on_bytes)
+                    t1 = time.perf_counter()
+                    tally.latencies.append(t1 - t0)
+                    tally.ends.append(t1)
+                    after_op()
+            except threading.BrokenBarrierError:
+                pass
+            except Exception as exc:
+                tally.fail(exc)
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=worker, name=f"bench-{n}", daemon=True)
+                   for n in range(case.clients)]
+        for t in threads:
+            t.start()
+        deadline[0] = time.monotonic() + case.time_limit
+        start = time.perf_counter()
+        try:
+            ready.wait(READY_TIMEOUT)
+            for t in threads:
+                t.join()
+        except BaseException:
+            # Ctrl-C: let the workers see `stop`; what is in flight ends with the server.
+            self.stop.set()
+            ready.abort()
+            for t in threads:
+                t.join(2.0)
+            raise
+        return start
+
+    # -- asyncio: one httpx.AsyncClient per task -----------------------------------------------
+
+    async def _run_async(self, case: Case, exp: Expected, path: Callable[[int], str],
+                         on_bytes: Callable[[int], None] | None,
+                         on_put_done: Callable[[int], None], after_op: Callable[[], None],
+                         tally: _Tally) -> float:
+        claims = _Claims(case.count)
+        clients = [AsyncClient(self.server.base_url, self.signer) for _ in range(case.clients)]
+        deadline = time.monotonic() + case.time_limit
+
+        async def worker(client: AsyncClient) -> None:
+            try:
+                while not (self.stop.is_set() or tally.failed.is_set()):
+                    if time.monotonic() >= deadline:
+                        return
+                    i = claims.take()
+                    if i is None:
+                        return
+                    t0 = time.perf_counter()
+                    op: Awaitable[None]
+                    if case.op == "put":
+                        op = client.put(path(i), exp, on_bytes)
+                    else:
+                        op = client.get(path(i), exp, hash_body=case.hash_body,
+                                        on_bytes=on_bytes)
+                    await op
+                    if case.op == "put":
+                        on_put_done(i)
+                    t1 = time.perf_counter()
+                    tally.latencies.append(t1 - t0)
+                    tally.ends.append(t1)
+                    after_op()
+            except Exception as exc:
+                tally.fail(exc)
+
+        start = time.perf_counter()
+        try:
+            await asyncio.gather(*(worker(c) for c in clients))
+        finally:
+            for c in clients:
+                with contextlib.suppress(Exception):
+                    await c.aclose()
+        return start
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, float]) -> float:
+    """asyncio.run on uvloop when it is installed (it is: the server depends on it)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)

@@ -1,0 +1,135 @@
+"""The results as a terminal table, a markdown table and a JSON document.
+
+Units everywhere: MiB/s = 2**20 bytes per second; ops/s = completed requests per second of wall
+time; latency = time from sending a request to having read its whole response, per request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.cases import Result
+
+UNITS = ("MiB/s = 2^20 bytes/s of object data. ops/s = requests completed per second of wall "
+         "time. p50/p99 = per-request latency (send to last byte read). CPU = cores busy on "
+         "average during the case (1.00 = one full core; the machine has {cpus}).")
+
+HEADERS = ("Case", "Done", "Time s", "MiB/s", "ops/s", "p50 ms", "p99 ms", "Server CPU",
+           "Client CPU", "Note")
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _row(r: Result) -> tuple[str, ...]:
+    small = r.size <= 64 * 1024
+    if r.stopped_by == "error" or r.stopped_by == "skipped":
+        note = f"FAILED: {r.error}"
+    elif r.stopped_by in ("time limit", "interrupted"):
+        note = f"stopped by {r.stopped_by}"
+    else:
+        note = ""
+    return (
+        r.label,
+        f"{r.ops}/{r.planned}",
+        _num(r.seconds, 2),
+        _num(r.mib_s, 1),
+        _num(r.ops_s, 0 if small else 2),
+        _num(r.p50_ms, 2 if small else 0),
+        _num(r.p99_ms, 2 if small else 0),
+        _num(r.server_cpu, 2),
+        _num(r.client_cpu, 2),
+        note,
+    )
+
+
+def summary(r: Result) -> str:
+    """One line per finished case, printed above the progress bars as the run goes."""
+    if r.stopped_by in ("error", "skipped"):
+        return f"[red]{r.label}: FAILED: {r.error}"
+    text = (f"{r.label}: {r.ops} ops in {r.seconds:.2f} s, {r.mib_s:,.1f} MiB/s, "
+            f"{r.ops_s:,.1f} ops/s, p50 {_num(r.p50_ms, 2)} ms, p99 {_num(r.p99_ms, 2)} ms, "
+            f"CPU server {_num(r.server_cpu, 2)} client {_num(r.client_cpu, 2)}")
+    return text + (f" [yellow](stopped by {r.stopped_by})" if r.stopped_by != "count" else "")
+
+
+def limit_rows(limits: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if "dd_write" in limits:
+        d = limits["dd_write"]
+        rows.append(("Disk, sequential write + fsync (`dd bs=1M conv=fsync`)",
+                     f"{d['mib_s']:,.0f} MiB/s ({d['bytes'] // 2**20} MiB in "
+                     f"{d['seconds']:.2f} s)"))
+    if "dd_sync_4k" in limits:
+        d = limits["dd_sync_4k"]
+        rows.append(("Disk, durable 4 KiB writes (`dd bs=4k oflag=dsync`)",
+                     f"{d['writes_s']:,.0f} writes/s ({d['ms_per_write']:.2f} ms each)"))
+    if "md5" in limits and "sha256" in limits:
+        md5, sha = limits["md5"]["mib_s"], limits["sha256"]["mib_s"]
+        rows.append(("hashlib MD5, one core", f"{md5:,.0f} MiB/s"))
+        rows.append(("hashlib SHA-256, one core", f"{sha:,.0f} MiB/s"))
+        rows.append(("MD5 then SHA-256 on one core (what PutObject does per byte)",
+                     f"{1 / (1 / md5 + 1 / sha):,.0f} MiB/s"))
+    return rows
+
+
+def console_tables(console: Console, results: list[Result], machine: dict[str, Any],
+                   limits: dict[str, Any]) -> None:
+    table = Table(title="Data Coffer benchmark", title_justify="left")
+    for name in HEADERS:
+        table.add_column(name, justify="left" if name in ("Case", "Note") else "right")
+    for r in results:
+        table.add_row(*_row(r))
+    console.print(table)
+    rows = limit_rows(limits)
+    lt = Table(title="Machine limits (same run)", title_justify="left")
+    lt.add_column("What")
+    lt.add_column("Measured", justify="right")
+    for what, value in rows:
+        lt.add_row(what, value)
+    if rows:
+        console.print(lt)
+    console.print(f"[dim]{machine.get('cpu')}, {machine.get('cpus')} CPUs, "
+                  f"{machine.get('memory_gib')} GiB RAM, {machine.get('filesystem')}, "
+                  f"load average at start {machine.get('load_average')}")
+    console.print(f"[dim]{UNITS.format(cpus=machine.get('cpus'))}")
+
+
+def markdown(results: list[Result], machine: dict[str, Any], limits: dict[str, Any],
+             meta: dict[str, Any]) -> str:
+    def line(cells: tuple[str, ...] | list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    kind = "quick" if meta.get("quick") else "full"
+    if meta.get("interrupted"):
+        kind += ", INTERRUPTED"
+    out = [f"Run {meta.get('started')} ({kind}, client: {meta.get('mode')}, commit "
+           f"{meta.get('commit') or 'unknown'}): `{meta.get('command')}`", ""]
+    out.append(line(HEADERS))
+    out.append(line(["---"] + ["---:"] * (len(HEADERS) - 2) + ["---"]))
+    out.extend(line(_row(r)) for r in results)
+    if limits:
+        out += ["", line(("Machine limit", "Measured")), line(("---", "---:"))]
+        out.extend(line(row) for row in limit_rows(limits))
+    out += ["", f"Machine: {machine.get('cpu')}, {machine.get('cpus')} CPUs, "
+                f"{machine.get('memory_gib')} GiB RAM, kernel {machine.get('kernel')}, "
+                f"Python {machine.get('python')}, data on {machine.get('filesystem')}; "
+                f"load average at start {machine.get('load_average')}.",
+            "", UNITS.format(cpus=machine.get("cpus")),
+            "", f"Peak memory: server {_num(meta.get('server_peak_rss_mib'), 0)} MiB, "
+                f"benchmark client {_num(meta.get('client_peak_rss_mib'), 0)} MiB "
+                f"(resident). Whole run: {meta.get('seconds')} s.", ""]
+    return "\n".join(out)
+
+
+def write_json(path: Path, results: list[Result], machine: dict[str, Any],
+               limits: dict[str, Any], meta: dict[str, Any]) -> None:
+    doc = {"meta": meta, "machine": machine, "limits": limits,
+           "results": [r.public() for r in results]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
