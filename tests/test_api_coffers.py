@@ -462,7 +462,7 @@ def test_get_coffer_max_count_alias_is_echoed(client, order_coffer):
 
 
 @pytest.mark.parametrize("name", ["max-keys", "max-count"])
-@pytest.mark.parametrize("value", ["0", "1001", "abc", "-1", "1.5", "²", "５"])
+@pytest.mark.parametrize("value", ["0", "1001", "abc", "-1", "1.5", "²", "\uff15"])
 def test_get_coffer_max_keys_out_of_range(client, order_coffer, name, value):
     message = assert_error(client.get(f"/{order_coffer}", params={name: value}), 400,
                            "InvalidArgument", order_coffer, region=None)

@@ -81,6 +81,10 @@ def successor(prefix: str) -> str | None:
     return None
 
 
+#: Built once: composing a statement costs more than running it.
+_BY_NAME = sa.select(coffers).where(coffers.c.name == sa.bindparam("name"))
+
+
 class Coffers:
     def __init__(self, db: Database, regions: tuple[str, ...], max_coffers: int) -> None:
         self.db = db
@@ -88,8 +92,8 @@ class Coffers:
         self.max_coffers = max_coffers
 
     def get(self, name: str) -> Coffer | None:
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(coffers).where(coffers.c.name == name)).first()
+        with self.db.engine.connect() as conn:
+            row = conn.execute(_BY_NAME, {"name": name}).first()
         return _row_to_coffer(row) if row else None
 
     def owned_by(self, account_uin: str) -> list[Coffer]:

@@ -61,6 +61,21 @@ def hash_password(password: str) -> str:
     return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
+def _key_query() -> sa.Select:
+    account = identities.alias("account")
+    return (
+        sa.select(api_keys.c.sealed_key, api_keys.c.enabled, identities.c.uin,
+                  account.c.uin.label("account_uin"), account.c.app_id, account.c.whitelisted)
+        .join(identities, identities.c.uin == api_keys.c.uin)
+        .join(account, account.c.uin == sa.func.coalesce(identities.c.parent_uin,
+                                                           identities.c.uin))
+        .where(api_keys.c.secret_id == sa.bindparam("secret_id")))
+
+
+#: Built once: composing a statement costs more than running it.
+_KEY_QUERY = _key_query()
+
+
 class Identities:
     def __init__(self, db: Database, root_key: RootKey) -> None:
         self.db = db
@@ -145,14 +160,14 @@ class Identities:
             return self._new_key(conn, uin)
 
     def lookup_key(self, secret_id: str) -> ApiKey | None:
-        """The key with this SecretId (enabled or not), or None."""
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(api_keys).where(
-                api_keys.c.secret_id == secret_id)).first()
-            if row is None:
-                return None
-            identity = self._identity(conn, row.uin)
-        assert identity is not None
+        """The key with this SecretId (enabled or not), or None. One query: it runs for
+        every request."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(_KEY_QUERY, {"secret_id": secret_id}).first()
+        if row is None:
+            return None
+        identity = Identity(uin=row.uin, account_uin=row.account_uin, app_id=row.app_id,
+                            whitelisted=row.whitelisted)
         secret_key = self.root_key.open(row.sealed_key, secret_id).decode()
         return ApiKey(secret_id, secret_key, row.enabled, identity)
 

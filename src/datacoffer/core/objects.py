@@ -58,6 +58,7 @@ class Reservation:
     coffer: Coffer
     key: str
     blob_id: str
+    writer_uin: str
 
 
 class CorruptData(Exception):
@@ -72,6 +73,28 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# The statements of the hot paths are built once: composing one costs more than running it.
+_SHARE_COFFER = (sa.select(coffers.c.id).where(coffers.c.id == sa.bindparam("coffer_id"))
+                 .with_for_update(read=True))
+_FIND_KEY = sa.select(objects).where((objects.c.coffer_id == sa.bindparam("coffer_id"))
+                                     & (objects.c.key == sa.bindparam("key")))
+_MINE = ((objects.c.id == sa.bindparam("object_id")) & (objects.c.holder == sa.bindparam("me"))
+         & (objects.c.state == WRITING))
+_RENEW = objects.update().where(_MINE).values(lease_until_ms=sa.bindparam("until"))
+_CANCEL = objects.delete().where(_MINE)
+_FINISH = objects.update().where(_MINE).values(
+    state=STORED, size=sa.bindparam("b_size"), etag=sa.bindparam("b_etag"),
+    sha256=sa.bindparam("b_sha256"), content_type=sa.bindparam("b_content_type"),
+    created_ms=sa.bindparam("b_created"), holder="", lease_until_ms=0)
+#: A stored object and whether a region holds its copy.
+_HEAD = (
+    sa.select(objects, object_copies.c.region.label("held_in"))
+    .outerjoin(object_copies, (object_copies.c.object_id == objects.c.id)
+               & (object_copies.c.region == sa.bindparam("region")))
+    .where((objects.c.coffer_id == sa.bindparam("coffer_id"))
+           & (objects.c.key == sa.bindparam("key")) & (objects.c.state == STORED)))
 
 
 class Objects:
@@ -120,13 +143,11 @@ class Objects:
         for _ in range(3):
             now = now_ms()
             try:
-                with self.db.write() as conn:
+                with self.db.write(durable=False) as conn:
                     # Share-lock the coffer row: DeleteCoffer takes it exclusively.
-                    if conn.execute(sa.select(coffers.c.id).where(coffers.c.id == coffer.id)
-                                    .with_for_update(read=True)).first() is None:
+                    if conn.execute(_SHARE_COFFER, {"coffer_id": coffer.id}).first() is None:
                         raise CdcsError("CofferNotFound", resource=resource)
-                    row = conn.execute(sa.select(objects).where(
-                        (objects.c.coffer_id == coffer.id) & (objects.c.key == key))).first()
+                    row = conn.execute(_FIND_KEY, {"coffer_id": coffer.id, "key": key}).first()
                     if row is not None:
                         if row.state == STORED:
                             code = ("ObjectAlreadyExistsOwnedByYou"
@@ -138,30 +159,28 @@ class Objects:
                                  resource, row.holder)
                         self._discard(conn, row.id, row.blob_id)
                     blob_id = new_blob_id()
-                    result = conn.execute(objects.insert().values(
-                        coffer_id=coffer.id, key=key, state=WRITING, writer_uin=writer.uin,
-                        blob_id=blob_id, created_ms=now, holder=self.holder,
-                        lease_until_ms=now + 3 * self.lease_ms,
-                        encrypt_type=coffer.encrypt_type))
+                    result = conn.execute(objects.insert(), {
+                        "coffer_id": coffer.id, "key": key, "state": WRITING,
+                        "writer_uin": writer.uin, "blob_id": blob_id, "created_ms": now,
+                        "holder": self.holder, "lease_until_ms": now + 3 * self.lease_ms,
+                        "encrypt_type": coffer.encrypt_type, "content_type": "", "size": 0,
+                        "etag": "", "sha256": ""})
                     (object_id,) = result.inserted_primary_key
-                    return Reservation(object_id, coffer, key, blob_id)
+                    return Reservation(object_id, coffer, key, blob_id, writer.uin)
             except sa.exc.IntegrityError:
                 continue  # another writer inserted the key between our look and our insert
         raise CdcsError("ObjectAlreadyUploading", resource=resource)
 
     def renew(self, res: Reservation) -> bool:
-        with self.db.write() as conn:
-            result = conn.execute(objects.update().where(
-                (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
-                & (objects.c.state == WRITING)).values(lease_until_ms=now_ms() + 3 * self.lease_ms))
+        with self.db.write(durable=False) as conn:
+            result = conn.execute(_RENEW, {"object_id": res.object_id, "me": self.holder,
+                                           "until": now_ms() + 3 * self.lease_ms})
             return result.rowcount == 1
 
     def cancel(self, res: Reservation) -> None:
         """Give the key back and remove whatever was written."""
-        with self.db.write() as conn:
-            conn.execute(objects.delete().where(
-                (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
-                & (objects.c.state == WRITING)))
+        with self.db.write(durable=False) as conn:  # a lost cancel is reclaimed at start
+            conn.execute(_CANCEL, {"object_id": res.object_id, "me": self.holder})
         self._remove_blob(res.blob_id)
 
     def finish(self, res: Reservation, *, size: int, etag: str, sha256: str,
@@ -169,17 +188,18 @@ class Objects:
         """Make a committed blob the object of its key (the blob is already durable)."""
         created = now_ms()
         with self.db.write() as conn:
-            result = conn.execute(objects.update().where(
-                (objects.c.id == res.object_id) & (objects.c.holder == self.holder)
-                & (objects.c.state == WRITING)).values(
-                    state=STORED, size=size, etag=etag, sha256=sha256,
-                    content_type=content_type, created_ms=created, holder="", lease_until_ms=0))
+            result = conn.execute(_FINISH, {
+                "object_id": res.object_id, "me": self.holder, "b_size": size, "b_etag": etag,
+                "b_sha256": sha256, "b_content_type": content_type, "b_created": created})
             if result.rowcount != 1:
                 raise RuntimeError(f"reservation {res.object_id} was reclaimed during the write")
-            conn.execute(object_copies.insert().values(
-                object_id=res.object_id, region=res.coffer.primary, created_ms=created))
-            row = conn.execute(sa.select(objects).where(objects.c.id == res.object_id)).one()
-        return _row_to_object(row)
+            conn.execute(object_copies.insert(), {"object_id": res.object_id,
+                                                  "region": res.coffer.primary,
+                                                  "created_ms": created})
+        return StoredObject(
+            id=res.object_id, key=res.key, size=size, etag=etag, sha256=sha256,
+            content_type=content_type, created_ms=created, writer_uin=res.writer_uin,
+            blob_id=res.blob_id, encrypt_type=res.coffer.encrypt_type)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -230,16 +250,12 @@ class Objects:
 
     def head(self, coffer: Coffer, key: str, region: str) -> StoredObject:
         """The stored object at `key`, as held in `region`."""
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(objects).where(
-                (objects.c.coffer_id == coffer.id) & (objects.c.key == key)
-                & (objects.c.state == STORED))).first()
-            if row is None:
-                raise CdcsError("ObjectNotExists", resource=f"{coffer.name}/{key}")
-            held = conn.execute(sa.select(object_copies.c.region).where(
-                (object_copies.c.object_id == row.id) & (object_copies.c.region == region))
-            ).first()
-        if held is None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(_HEAD, {"coffer_id": coffer.id, "key": key,
+                                       "region": region}).first()
+        if row is None:
+            raise CdcsError("ObjectNotExists", resource=f"{coffer.name}/{key}")
+        if row.held_in is None:
             raise CdcsError("DataSynchronization",
                             f"Region {region} has not yet received this object; retry later.",
                             resource=f"{coffer.name}/{key}")
@@ -320,12 +336,16 @@ async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash
     that sends nothing for `idle_timeout` seconds loses its upload (and the key it held).
     """
 
-    def step(data: bytes) -> None:
-        md5.update(data)
+    def digest_and_write(data: bytearray) -> None:
         sha.update(data)
         blob.write(data)
 
-    pending: asyncio.Future[None] | None = None
+    async def step(data: bytearray) -> None:
+        # MD5 and SHA-256 each take a core's time per byte: run them side by side.
+        await asyncio.gather(anyio.to_thread.run_sync(md5.update, data),
+                             anyio.to_thread.run_sync(digest_and_write, data))
+
+    pending: asyncio.Future[None] | None = None  # the batch being hashed and written
     buf = bytearray()
     received = 0
     chunks = aiter(body)
@@ -349,7 +369,7 @@ async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash
                 if pending is not None:
                     await pending
                 data, buf = buf, bytearray()
-                pending = asyncio.ensure_future(anyio.to_thread.run_sync(step, data))
+                pending = asyncio.ensure_future(step(data))
         if received < length:
             raise CdcsError("InvalidArgument", "The body ended before Content-Length bytes.",
                             resource=resource)
@@ -358,4 +378,4 @@ async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash
             with anyio.CancelScope(shield=True):
                 await pending
     if buf:
-        await anyio.to_thread.run_sync(step, buf)
+        await step(buf)

@@ -7,6 +7,8 @@ is an ordinary transaction in which callers take row locks (`with_for_update`).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,8 +38,13 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        options = conn.get_execution_options()
+        if "sqlite_begin" in options:  # a write: choose its durability, then lock
+            sync = "FULL" if options.get("durable", True) else "NORMAL"
+            conn.exec_driver_sql(f"PRAGMA synchronous={sync}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
 
 class SchemaTooNew(RuntimeError):
@@ -49,14 +56,20 @@ class Database:
         self.url = url
         self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=False)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        #: SQLite has one writer at a time: this process's writers queue here, in order,
+        #: instead of sleeping in SQLite's busy handler (other processes still use that).
+        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
         if self.is_sqlite:
             _sqlite_setup(self.engine)
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction. `durable=False` may skip the fsync of its commit (SQLite):
+        for writes that a crash may lose without harm, such as a key reservation, whose
+        files are swept at the next start anyway; a later durable commit persists it too."""
+        with self._write_lock, self.engine.connect() as conn:
             if self.is_sqlite:
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE", durable=durable)
             with conn.begin():
                 yield conn
 

@@ -11,9 +11,11 @@ A blob is complete only once renamed into `blobs/` and its directory fsynced; wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +34,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: A large blob's data is flushed to disk in the background every this many bytes, so that
+#: the final fsync finds little left to write instead of the whole object.
+FLUSH_EVERY = 16 * 1024 * 1024
+_flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-flush")
+
+
 class BlobWriter:
     """Appends bytes to one temporary file; `commit` makes it a durable blob."""
 
@@ -41,15 +49,27 @@ class BlobWriter:
         self.tmp_path = region.tmp_dir / blob_id
         self._file: BinaryIO | None = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
         self.size = 0
+        self._unflushed = 0
+        self._flush: Future[None] | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
         self._file.write(data)
         self.size += len(data)
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_EVERY and (self._flush is None or self._flush.done()):
+            self._unflushed = 0
+            self._flush = _flusher.submit(os.fdatasync, self._file.fileno())
+
+    def _wait_flush(self) -> None:
+        if self._flush is not None:
+            flush, self._flush = self._flush, None
+            flush.result()
 
     def commit(self) -> None:
         """fsync the data, rename it into place and fsync the directory."""
         assert self._file is not None
+        self._wait_flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
@@ -59,6 +79,8 @@ class BlobWriter:
 
     def abort(self) -> None:
         if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._wait_flush()  # never close a descriptor a flush still uses
             self._file.close()
             self._file = None
         self.tmp_path.unlink(missing_ok=True)
