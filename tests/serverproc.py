@@ -52,6 +52,12 @@ class ServerProcess:
             raise AssertionError(f"{cmd} failed ({done.returncode}): {done.stderr}")
         return json.loads(done.stdout) if done.returncode == 0 else done
 
+    def new_client(self, app_id: str = "1250000000",
+                   uin: str = "100000000001") -> SignedClient:
+        """Create an account with the admin command; a client signing with its first key."""
+        doc = self.admin("account", "create", "--app-id", app_id, "--uin", uin)
+        return SignedClient(self.base_url, doc["SecretId"], doc["SecretKey"])
+
     def start(self) -> None:
         cmd = [*BIN, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.config:

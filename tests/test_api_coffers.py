@@ -403,13 +403,18 @@ ORDER_KEYS = ["z", "a", "é", "中", "😀", "\uff21", "\ue000", "\u00ff", "a/b"
               "\u0800", "\ufffd", "\U0010ffff"]
 
 
-@pytest.fixture(scope="module")
-def order_coffer(client, account):
-    name = fresh_name(account.app_id, "order")
+def filled_coffer(client, account, stem: str, keys: list[str]) -> str:
+    """A new coffer holding one small object at each of `keys`."""
+    name = fresh_name(account.app_id, stem)
     client.make_coffer(name)
-    for key in ORDER_KEYS:
+    for key in keys:
         _put(client, name, key)
     return name
+
+
+@pytest.fixture(scope="module")
+def order_coffer(client, account):
+    return filled_coffer(client, account, "order", ORDER_KEYS)
 
 
 def _keys(r: httpx.Response) -> list[str]:
@@ -522,11 +527,7 @@ TREE_KEYS = ["a", "b/1", "b/2", "b/3", "c", "d/x/1", "d/y", "e", "f/1", "g"]
 
 @pytest.fixture(scope="module")
 def tree_coffer(client, account):
-    name = fresh_name(account.app_id, "tree")
-    client.make_coffer(name)
-    for key in TREE_KEYS:
-        _put(client, name, key)
-    return name
+    return filled_coffer(client, account, "tree", TREE_KEYS)
 
 
 def _page(r: httpx.Response) -> tuple[list[str], list[str], bool, str | None]:
@@ -743,11 +744,7 @@ MODEL_KEYS = _random_keys(20240521, 60)
 
 @pytest.fixture(scope="module")
 def model_coffer(client, account):
-    name = fresh_name(account.app_id, "model")
-    client.make_coffer(name)
-    for key in MODEL_KEYS:
-        _put(client, name, key)
-    return name
+    return filled_coffer(client, account, "model", MODEL_KEYS)
 
 
 def model_listing(keys: list[str], prefix: str, delimiter: str,

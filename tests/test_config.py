@@ -11,7 +11,7 @@ import pytest
 
 from datacoffer import config
 from datacoffer.config import ConfigError, Settings, load
-from tests.serverproc import ServerProcess, SignedClient
+from tests.serverproc import ServerProcess
 
 
 @pytest.fixture(autouse=True)
@@ -214,8 +214,7 @@ def test_custom_regions_end_to_end(tmp_path):
     srv.env = {k: v for k, v in os.environ.items() if not k.startswith("DATACOFFER_")}
     srv.start()
     try:
-        doc = srv.admin("account", "create", "--app-id", "1250000000", "--uin", "100000000001")
-        c = SignedClient(srv.base_url, doc["SecretId"], doc["SecretKey"])
+        c = srv.new_client()
         try:
             for regions in (["ap-tianjin"], ["eu-one", "ap-shanghai"], ["ap-guangzhou"]):
                 body = json.dumps({"Locations": {"Location": regions}})
@@ -258,8 +257,7 @@ def test_environment_settings_end_to_end(tmp_path):
     srv.env = env
     srv.start()
     try:
-        doc = srv.admin("account", "create", "--app-id", "1250000000", "--uin", "100000000001")
-        c = SignedClient(srv.base_url, doc["SecretId"], doc["SecretKey"])
+        c = srv.new_client()
         try:
             r = c.put("/aa-1250000000", content=b'{"Locations": {"Location": ["file-only"]}}')
             assert (r.status_code, r.headers["x-cdcs-error-code"]) == (400, "InvalidArgument")

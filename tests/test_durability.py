@@ -174,8 +174,7 @@ def listed(client: SignedClient, coffer: str) -> dict[str, tuple[int, str]]:
 
 def new_client(srv: ServerProcess, app_id: str = OWN_APP_ID,
                uin: str = OWN_UIN) -> SignedClient:
-    doc = srv.admin("account", "create", "--app-id", app_id, "--uin", uin)
-    return SignedClient(srv.base_url, doc["SecretId"], doc["SecretKey"])
+    return srv.new_client(app_id, uin)
 
 
 def uploads_in_progress(srv: ServerProcess) -> int:

@@ -247,8 +247,7 @@ def test_internal_error_from_a_real_failure(tmp_path):
     srv.start()
     tmp_dir = srv.data_dir / "regions" / "ap-tianjin" / "tmp"
     try:
-        doc = srv.admin("account", "create", "--app-id", "1250000000", "--uin", "100000000001")
-        c = SignedClient(srv.base_url, doc["SecretId"], doc["SecretKey"])
+        c = srv.new_client()
         c.make_coffer("broken-1250000000")
         assert tmp_dir.is_dir()
         shutil.rmtree(tmp_dir)
@@ -275,7 +274,7 @@ def test_internal_error_from_a_real_failure(tmp_path):
         for _, trace_id in bodies:
             assert trace_id in log
         assert "NotADirectoryError" in log
-        assert doc["SecretKey"] not in log
+        assert c.secret_key not in log
 
         # repaired, the same key is free and takes the object
         tmp_dir.unlink()

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from datacoffer.meta.db import LATEST
-from tests.serverproc import BIN, ServerProcess, SignedClient
+from tests.serverproc import BIN, ServerProcess
 
 
 @pytest.fixture
@@ -21,8 +21,7 @@ def installed(tmp_path):
     """A stopped installation with an account and a coffer in two regions."""
     srv = ServerProcess(tmp_path / "data")
     srv.start()
-    doc = srv.admin("account", "create", "--app-id", "1250000000", "--uin", "100000000001")
-    client = SignedClient(srv.base_url, doc["SecretId"], doc["SecretKey"])
+    client = srv.new_client()
     client.make_coffer("docs-1250000000", "ap-tianjin", "ap-guangzhou")
     client.close()
     srv.stop()

@@ -104,6 +104,10 @@ def test_domain_on_both_stores(database, tmp_path):
     with pytest.raises(CdcsError) as err:
         objects.reserve(coffer, "a/1", key.identity)
     assert err.value.code.name == "ObjectAlreadyExistsOwnedByYou"
+    # Another identity (over HTTP only once policies can grant it PutObject):
+    with pytest.raises(CdcsError) as err:
+        objects.reserve(coffer, "a/1", other.identity)
+    assert err.value.code.name == "ObjectAlreadyExists"
     pending = objects.reserve(coffer, "pending", key.identity)
     with pytest.raises(CdcsError) as err:
         objects.reserve(coffer, "pending", other.identity)

@@ -18,7 +18,7 @@ from qcloud_cos import CosConfig
 from qcloud_cos.cos_auth import CosS3Auth
 
 from datacoffer import signing
-from tests.serverproc import ServerProcess, SignedClient
+from tests.serverproc import ServerProcess
 
 SECRET_ID = "AKIDexampleSecretId0000000000000"
 SECRET_KEY = "exampleSecretKey0123456789abcdef"
@@ -149,13 +149,18 @@ def _hand_signature(key_time, http_string):
     return hmac.new(sign_key.encode(), to_sign.encode(), hashlib.sha1).hexdigest()
 
 
+def _hand_header(key_time: str, http_string: str, param_list: str) -> str:
+    """An Authorization header signing `http_string` by hand, with `host` the only header."""
+    return (f"q-sign-algorithm=sha1&q-ak={SECRET_ID}&q-sign-time={key_time}"
+            f"&q-key-time={key_time}&q-header-list=host&q-url-param-list={param_list}"
+            f"&q-signature={_hand_signature(key_time, http_string)}")
+
+
 def test_verify_uses_the_order_in_which_parameters_are_listed():
     """HttpParameters follows q-url-param-list as listed, not a sorted order."""
     kt = "1700000000;1700000900"
     http_string = "get\n/c-1250000000\nprefix=x&max-keys=5\nhost=h\n"
-    sig_hex = _hand_signature(kt, http_string)
-    header = (f"q-sign-algorithm=sha1&q-ak={SECRET_ID}&q-sign-time={kt}&q-key-time={kt}"
-              f"&q-header-list=host&q-url-param-list=prefix;max-keys&q-signature={sig_hex}")
+    header = _hand_header(kt, http_string, "prefix;max-keys")
     query = [("max-keys", "5"), ("prefix", "x")]
     signing.verify(signing.parse_authorization(header), SECRET_KEY, "GET", "/c-1250000000",
                    query, {"host": "h"}, now=1700000100, skew=300)
@@ -168,9 +173,7 @@ def test_verify_uses_the_order_in_which_parameters_are_listed():
 def test_verify_parameter_names_are_case_insensitive_and_empty_values_sign_as_empty():
     kt = "1700000000;1700000900"
     http_string = "delete\n/c-1250000000/k\nuploadid=abc&x=\nhost=h\n"
-    sig_hex = _hand_signature(kt, http_string)
-    header = (f"q-sign-algorithm=sha1&q-ak={SECRET_ID}&q-sign-time={kt}&q-key-time={kt}"
-              f"&q-header-list=host&q-url-param-list=uploadId;x&q-signature={sig_hex}")
+    header = _hand_header(kt, http_string, "uploadId;x")
     sig = signing.parse_authorization(header)
     assert sig.param_list == ("uploadid", "x")
     for name in ("uploadId", "uploadid", "UPLOADID"):
@@ -404,13 +407,12 @@ def test_presigned_url_expires(tmp_path):
     srv = ServerProcess(tmp_path / "data", env={"DATACOFFER_SIGN_SKEW": "1"})
     srv.start()
     try:
-        doc = srv.admin("account", "create", "--app-id", "1250000000", "--uin", "100000000001")
-        c = SignedClient(srv.base_url, doc["SecretId"], doc["SecretKey"])
+        c = srv.new_client()
         c.make_coffer("expiry-1250000000")
         assert c.put("/expiry-1250000000/k", content=b"presigned").status_code == 200
         c.close()
         signed_at = int(time.time())
-        url = presigned_url(srv, doc["SecretId"], doc["SecretKey"], "/expiry-1250000000/k",
+        url = presigned_url(srv, c.secret_id, c.secret_key, "/expiry-1250000000/k",
                             expires=2, now=signed_at)
         r = httpx.get(url)
         assert r.status_code == 200, r.text
@@ -421,10 +423,9 @@ def test_presigned_url_expires(tmp_path):
         msg = assert_error(r, 401, "AuthFailed", "expiry-1250000000/k")
         assert "clock" in msg
         # a fresh URL for the same object works again
-        r = httpx.get(presigned_url(srv, doc["SecretId"], doc["SecretKey"],
-                                    "/expiry-1250000000/k"))
+        r = httpx.get(presigned_url(srv, c.secret_id, c.secret_key, "/expiry-1250000000/k"))
         assert r.status_code == 200
-        assert doc["SecretKey"] not in srv.log()
+        assert c.secret_key not in srv.log()
     finally:
         srv.stop()
 
