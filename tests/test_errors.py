@@ -20,7 +20,8 @@ from datacoffer.errors import CODES
 from tests.conftest import new_account
 from tests.serverproc import ServerProcess, SignedClient
 
-SPEC_ERRORS = Path("/work/shared/spec/errors.md")
+#: the specification, beside the repository (as on CI: ../shared/spec/)
+SPEC_ERRORS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "errors.md"
 FIELDS = ["Code", "Message", "Resource", "RequestId", "TraceId"]
 LOCATIONS = json.dumps({"Locations": {"Location": ["ap-tianjin"]}})
 
