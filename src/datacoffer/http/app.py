@@ -94,14 +94,10 @@ class DataCofferApp:
                             request_id, method, endpoint.operation if endpoint else "-")
             return
         except Exception:
-            trace_id = new_id()
-            log.exception("trace %s: unexpected failure in %s %s", trace_id, method,
-                          endpoint.operation if endpoint else "(unrouted)")
-            err = CdcsError("InternalError",
-                            resource=endpoint.resource if endpoint else "")
-            response = error_response(err, request_id=request_id, trace_id=trace_id,
-                                      accept=request.headers.get("accept", ""),
-                                      head=method == "HEAD")
+            err = CdcsError("InternalError", resource=endpoint.resource if endpoint else "",
+                            detail=f"unexpected failure in {method} "
+                                   f"{endpoint.operation if endpoint else '(unrouted)'}")
+            response = self._error(err, request, request_id, unexpected=True)
         response.headers["x-cdcs-request-id"] = request_id
         response.headers["Server"] = SERVER_NAME
         if call is not None and call.region:
@@ -119,11 +115,15 @@ class DataCofferApp:
             endpoint.operation if endpoint else "-", printable(path), status,
             (time.perf_counter() - started) * 1000)
 
-    def _error(self, err: CdcsError, request: Request, request_id: str) -> Response:
+    def _error(self, err: CdcsError, request: Request, request_id: str, *,
+               unexpected: bool = False) -> Response:
+        """The error answer; its TraceId is logged with the full detail (and, for an
+        unexpected failure, the traceback of the exception being handled)."""
         trace_id = new_id()
         detail = f" ({err.detail})" if err.detail else ""
-        log.info("trace %s: %s %s: %s", trace_id, err.code.name, printable(err.resource or "-"),
-                 printable(err.message + detail))
+        log.log(logging.ERROR if unexpected else logging.INFO, "trace %s: %s %s: %s", trace_id,
+                err.code.name, printable(err.resource or "-"), printable(err.message + detail),
+                exc_info=unexpected)
         return error_response(err, request_id=request_id, trace_id=trace_id,
                               accept=request.headers.get("accept", ""),
                               head=request.method == "HEAD")
