@@ -6,10 +6,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess, SignedClient
+from tests.serverproc import ServerProcess, SignedClient, free_port
 
 APP_ID = "1250000000"
 UIN = "100000000001"
@@ -69,3 +70,28 @@ def coffer(client: SignedClient, coffer_name: str) -> str:
     """A created coffer in ap-tianjin."""
     client.make_coffer(coffer_name)
     return coffer_name
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes (not started) on one data directory, on different ports."""
+    data = tmp_path / "data"
+    a = ServerProcess(data)
+    b = ServerProcess(data)
+    while b.port == a.port:
+        b.port = free_port()
+    b.log_path = tmp_path / "data-server-b.log"
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+@pytest.fixture(scope="module")
+def other(server: ServerProcess) -> Iterator[tuple[Account, SignedClient]]:
+    """Another account than the shared one, and its client."""
+    acc = new_account(server)
+    c = SignedClient(server.base_url, acc.secret_id, acc.secret_key)
+    yield acc, c
+    c.close()

@@ -610,7 +610,8 @@ def test_status(tmp_path):
     try:
         empty = ok_json(run("admin", "status", "--data-dir", str(server.data_dir)))
         assert empty["Counts"] == {"accounts": 0, "subaccounts": 0, "keys": 0, "coffers": 0,
-                                   "objects": 0, "bytes": 0, "uploads_in_progress": 0}
+                                   "objects": 0, "bytes": 0, "uploads_in_progress": 0,
+                                   "multipart_uploads": 0}
         root = ok_json(run("admin", "account", "create", "--app-id", "1250000000", "--uin",
                            "100000000001", "--data-dir", str(server.data_dir)))
         ok_json(run("admin", "subaccount", "create", "--parent-uin", "100000000001", "--uin",
@@ -637,7 +638,8 @@ def test_status(tmp_path):
     assert {r["Name"]: r["Objects"] for r in doc["Regions"]} == {
         "ap-tianjin": 0, "ap-shanghai": 2, "ap-guangzhou": 0}
     assert doc["Counts"] == {"accounts": 1, "subaccounts": 1, "keys": 3, "coffers": 1,
-                             "objects": 2, "bytes": 1024, "uploads_in_progress": 0}
+                             "objects": 2, "bytes": 1024, "uploads_in_progress": 0,
+                             "multipart_uploads": 0}
 
 
 # -- serve -----------------------------------------------------------------------------------

@@ -8,11 +8,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import pytest
 
 from tests.serverproc import ServerProcess, SignedClient, free_port
 from tests.test_durability import (
@@ -93,21 +89,6 @@ def test_small_puts_of_one_key_race_many_times(client, coffer):
 
 
 # -- 7. two server processes on one data directory ------------------------------------------
-
-
-@pytest.fixture
-def two_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    data = tmp_path / "data"
-    a = ServerProcess(data)
-    b = ServerProcess(data)
-    while b.port == a.port:
-        b.port = free_port()
-    b.log_path = tmp_path / "data-server-b.log"
-    try:
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
 
 
 def test_two_processes_on_one_data_dir_share_the_reservation(two_servers):

@@ -59,18 +59,23 @@ def check_error(r, status: int, code: str) -> None:
 
 
 class RawUpload:
-    """A PutObject on its own connection: the request line and headers are sent at once, the
-    body only as the test sends it, so an upload can be held open, cut short or dropped."""
+    """A PutObject (or, with `params`, e.g. an UploadPart) on its own connection: the request
+    line and headers are sent at once, the body only as the test sends it, so an upload can be
+    held open, cut short or dropped. `params` are signed and added to the URL's query."""
 
     def __init__(self, client: SignedClient, path: str, length: int,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 params: dict[str, str] | None = None) -> None:
         host = client.base_url.split("://", 1)[1]
         address, port = host.rsplit(":", 1)
         self.conn = http.client.HTTPConnection(address, int(port), timeout=60)
-        fields = signing.sign(client.secret_id, client.secret_key, "PUT", path, None,
+        fields = signing.sign(client.secret_id, client.secret_key, "PUT", path, params,
                               {"host": host})
-        self.conn.putrequest("PUT", signing.urlencode(path).replace("%2F", "/"),
-                             skip_host=True, skip_accept_encoding=True)
+        url = signing.urlencode(path).replace("%2F", "/")
+        if params:
+            url += "?" + "&".join(f"{signing.urlencode(k)}={signing.urlencode(v)}"
+                                  for k, v in params.items())
+        self.conn.putrequest("PUT", url, skip_host=True, skip_accept_encoding=True)
         self.conn.putheader("Host", host)
         self.conn.putheader("Authorization", signing.authorization_header(fields))
         self.conn.putheader("Content-Length", str(length))
@@ -191,17 +196,22 @@ class Own:
     coffer: str
 
 
-@pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own]:
-    """A server of this module alone, so that counting its region files is exact."""
-    srv = ServerProcess(tmp_path_factory.mktemp("durable") / "data")
+def own_server(tmp_path_factory: pytest.TempPathFactory, stem: str) -> Iterator[Own]:
+    """A server of one test module alone (so that counting its region files is exact), with
+    an account and a coffer."""
+    srv = ServerProcess(tmp_path_factory.mktemp(stem) / "data")
     srv.start()
     client = new_client(srv)
-    coffer = f"durable-{OWN_APP_ID}"
+    coffer = f"{stem}-{OWN_APP_ID}"
     client.make_coffer(coffer)
     yield Own(srv, client, coffer)
     client.close()
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own]:
+    yield from own_server(tmp_path_factory, "durable")
 
 
 @pytest.fixture

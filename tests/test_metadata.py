@@ -28,9 +28,8 @@ from datacoffer.storage.blobs import RegionStore
 PG_ADMIN = os.environ.get("DATACOFFER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, dropped afterwards."""
+def fresh_pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database's URL, the database dropped afterwards."""
     name = f"datacoffer_test_{secrets.token_hex(4)}"
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True)
@@ -41,6 +40,11 @@ def pg_url() -> Iterator[str]:
     yield f"{base}/{name}"
     admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    yield from fresh_pg_url()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -63,6 +67,25 @@ def test_migrate_creates_latest_and_is_idempotent(tmp_path):
     assert db.migrate() == dbmod.LATEST
     with db.read() as conn:
         assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == dbmod.LATEST
+    db.close()
+
+
+def test_version_1_store_gains_the_multipart_tables(tmp_path):
+    """A store written by the first release (schema version 1, no multipart tables) is
+    brought to the latest version by its migrations, keeping what it holds."""
+    db = dbmod.Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db.migrate()
+    identities = Identities(db, RootKey(secrets.token_bytes(32)))
+    identities.create_account("1250000000", "100000000001")
+    with db.write() as conn:  # back to what version 1 looked like
+        conn.execute(sa.text("DROP TABLE parts"))
+        conn.execute(sa.text("DROP TABLE uploads"))
+        conn.execute(schema_version.update().values(version=1))
+    assert db.migrate() == 1
+    with db.read() as conn:
+        assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == dbmod.LATEST
+        assert {"uploads", "parts"} <= set(sa.inspect(conn).get_table_names())
+    assert identities.get("100000000001") is not None
     db.close()
 
 

@@ -13,6 +13,7 @@ from datacoffer.config import Settings
 from datacoffer.core.coffers import Coffers
 from datacoffer.core.identities import Identities
 from datacoffer.core.objects import Objects
+from datacoffer.core.uploads import Uploads
 from datacoffer.meta.db import Database, SchemaTooNew
 from datacoffer.storage.blobs import RegionStore
 
@@ -29,6 +30,7 @@ class Installation:
     identities: Identities
     coffers: Coffers
     objects: Objects
+    uploads: Uploads
     #: whether this open created the installation (first start)
     is_new: bool
 
@@ -66,15 +68,17 @@ class Installation:
                   for name in settings.regions}
         for store in stores.values():
             store.prepare()
+        objects = Objects(db, stores, lease_seconds=settings.lease_seconds,
+                          max_object_size=settings.max_object_size,
+                          body_timeout=settings.body_timeout)
         return cls(
             settings=settings,
             db=db,
             stores=stores,
             identities=identities,
             coffers=coffers,
-            objects=Objects(db, stores, lease_seconds=settings.lease_seconds,
-                            max_object_size=settings.max_object_size,
-                            body_timeout=settings.body_timeout),
+            objects=objects,
+            uploads=Uploads(db, stores, objects, max_part_size=settings.max_object_size),
             is_new=found == 0,
         )
 

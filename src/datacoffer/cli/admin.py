@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from datacoffer import __version__
 from datacoffer.cli.options import data_dir_option, emit, fail, open_installation, settings
-from datacoffer.core.coffers import STORED, WRITING
+from datacoffer.core.coffers import MULTIPART, STORED, WRITING
 from datacoffer.core.identities import ApiKey, IdentityError
 from datacoffer.installation import Installation
 from datacoffer.meta.db import LATEST
@@ -198,8 +198,10 @@ def _status(inst: Installation) -> dict[str, Any]:
         "SchemaVersion": LATEST,
         "Regions": regions,
         "Counts": {**inst.identities.counts(), "coffers": n_coffers,
-                   "objects": by_state.get(STORED, 0), "bytes": stored_bytes,
-                   "uploads_in_progress": by_state.get(WRITING, 0)},
+                   "objects": by_state.get(STORED, 0),
+                   "bytes": int(stored_bytes),  # PostgreSQL sums a BIGINT as NUMERIC
+                   "uploads_in_progress": by_state.get(WRITING, 0),
+                   "multipart_uploads": by_state.get(MULTIPART, 0)},
     }
 
 

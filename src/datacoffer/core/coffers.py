@@ -15,6 +15,7 @@ from datacoffer.names import split_coffer_name
 
 STORED = "stored"
 WRITING = "writing"
+MULTIPART = "multipart"
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,10 @@ class Coffers:
                 raise CdcsError("CofferNotEmpty",
                                 "The coffer holds objects; objects leave a coffer only through "
                                 "its lifecycle rule.", resource=coffer.name)
+            if MULTIPART in states:
+                raise CdcsError("CofferNotEmpty",
+                                "The coffer has multipart uploads in progress: complete or "
+                                "abort them first.", resource=coffer.name)
             if WRITING in states:
                 raise CdcsError("AlreadyLock",
                                 "An upload into this coffer is in progress; retry later.",

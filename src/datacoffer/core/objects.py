@@ -10,14 +10,12 @@ reclaimed, its files removed, and the key is free again.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -26,15 +24,14 @@ import sqlalchemy as sa
 from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import STORED, WRITING, Coffer
 from datacoffer.core.identities import Identity
+from datacoffer.core.ingest import write_leased
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
 from datacoffer.meta.schema import coffers, object_copies, objects
-from datacoffer.storage.blobs import BlobWriter, RegionStore, new_blob_id
+from datacoffer.storage.blobs import RegionStore, new_blob_id
 
 log = logging.getLogger("datacoffer.objects")
 
-#: Bytes gathered from the network before one write+hash step runs in a worker thread.
-WRITE_BATCH = 1024 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -112,7 +109,7 @@ class Objects:
 
     # -- reservations ------------------------------------------------------------------------
 
-    def _lapsed(self, holder: str, lease_until_ms: int, now: int) -> bool:
+    def lapsed(self, holder: str, lease_until_ms: int, now: int) -> bool:
         """Whether a "writing" reservation's holder is gone, so the key may be reclaimed."""
         if lease_until_ms < now:
             return True
@@ -125,9 +122,9 @@ class Objects:
 
     def _discard(self, conn: sa.Connection, object_id: int, blob_id: str) -> None:
         conn.execute(objects.delete().where(objects.c.id == object_id))
-        self._remove_blob(blob_id)
+        self.remove_blob(blob_id)
 
-    def _remove_blob(self, blob_id: str) -> None:
+    def remove_blob(self, blob_id: str) -> None:
         """Remove a blob's files from every region. A region that fails (a disk error) is
         logged and the rest still cleaned: the blob is unreferenced garbage either way."""
         for store in self.stores.values():
@@ -137,39 +134,47 @@ class Objects:
                 log.error("could not remove blob %s from region %s: %s", blob_id,
                           store.name, exc)
 
-    def reserve(self, coffer: Coffer, key: str, writer: Identity) -> Reservation:
-        """Take the key for a new object, or refuse with the code that says who holds it."""
+    def take_key(self, conn: sa.Connection, coffer: Coffer, key: str, writer: Identity,
+                 state: str) -> tuple[int, str]:
+        """In the caller's write transaction: insert the row that holds `key` (state WRITING
+        for a PutObject, MULTIPART for an upload), or refuse with the code that says who holds
+        it. Returns the row's id and its new blob id."""
         resource = f"{coffer.name}/{key}"
+        now = now_ms()
+        # Share-lock the coffer row: DeleteCoffer takes it exclusively.
+        if conn.execute(_SHARE_COFFER, {"coffer_id": coffer.id}).first() is None:
+            raise CdcsError("CofferNotFound", resource=resource)
+        row = conn.execute(_FIND_KEY, {"coffer_id": coffer.id, "key": key}).first()
+        if row is not None:
+            if row.state == STORED:
+                code = ("ObjectAlreadyExistsOwnedByYou" if row.writer_uin == writer.uin
+                        else "ObjectAlreadyExists")
+                raise CdcsError(code, resource=resource)
+            if row.state != WRITING or not self.lapsed(row.holder, row.lease_until_ms, now):
+                raise CdcsError("ObjectAlreadyUploading", resource=resource)
+            log.info("reclaiming lapsed reservation of %s (holder %s)", resource, row.holder)
+            self._discard(conn, row.id, row.blob_id)
+        leased = state == WRITING
+        blob_id = new_blob_id() if leased else ""
+        result = conn.execute(objects.insert(), {
+            "coffer_id": coffer.id, "key": key, "state": state, "writer_uin": writer.uin,
+            "blob_id": blob_id, "created_ms": now, "holder": self.holder if leased else "",
+            "lease_until_ms": now + 3 * self.lease_ms if leased else 0,
+            "encrypt_type": coffer.encrypt_type, "content_type": "", "size": 0, "etag": "",
+            "sha256": ""})
+        (object_id,) = result.inserted_primary_key
+        return object_id, blob_id
+
+    def reserve(self, coffer: Coffer, key: str, writer: Identity) -> Reservation:
+        """Take the key for a PutObject, or refuse with the code that says who holds it."""
         for _ in range(3):
-            now = now_ms()
             try:
                 with self.db.write(durable=False) as conn:
-                    # Share-lock the coffer row: DeleteCoffer takes it exclusively.
-                    if conn.execute(_SHARE_COFFER, {"coffer_id": coffer.id}).first() is None:
-                        raise CdcsError("CofferNotFound", resource=resource)
-                    row = conn.execute(_FIND_KEY, {"coffer_id": coffer.id, "key": key}).first()
-                    if row is not None:
-                        if row.state == STORED:
-                            code = ("ObjectAlreadyExistsOwnedByYou"
-                                    if row.writer_uin == writer.uin else "ObjectAlreadyExists")
-                            raise CdcsError(code, resource=resource)
-                        if not self._lapsed(row.holder, row.lease_until_ms, now):
-                            raise CdcsError("ObjectAlreadyUploading", resource=resource)
-                        log.info("reclaiming lapsed reservation of %s (holder %s)",
-                                 resource, row.holder)
-                        self._discard(conn, row.id, row.blob_id)
-                    blob_id = new_blob_id()
-                    result = conn.execute(objects.insert(), {
-                        "coffer_id": coffer.id, "key": key, "state": WRITING,
-                        "writer_uin": writer.uin, "blob_id": blob_id, "created_ms": now,
-                        "holder": self.holder, "lease_until_ms": now + 3 * self.lease_ms,
-                        "encrypt_type": coffer.encrypt_type, "content_type": "", "size": 0,
-                        "etag": "", "sha256": ""})
-                    (object_id,) = result.inserted_primary_key
-                    return Reservation(object_id, coffer, key, blob_id, writer.uin)
+                    object_id, blob_id = self.take_key(conn, coffer, key, writer, WRITING)
+                return Reservation(object_id, coffer, key, blob_id, writer.uin)
             except sa.exc.IntegrityError:
                 continue  # another writer inserted the key between our look and our insert
-        raise CdcsError("ObjectAlreadyUploading", resource=resource)
+        raise CdcsError("ObjectAlreadyUploading", resource=f"{coffer.name}/{key}")
 
     def renew(self, res: Reservation) -> bool:
         with self.db.write(durable=False) as conn:
@@ -181,7 +186,7 @@ class Objects:
         """Give the key back and remove whatever was written."""
         with self.db.write(durable=False) as conn:  # a lost cancel is reclaimed at start
             conn.execute(_CANCEL, {"object_id": res.object_id, "me": self.holder})
-        self._remove_blob(res.blob_id)
+        self.remove_blob(res.blob_id)
 
     def finish(self, res: Reservation, *, size: int, etag: str, sha256: str,
                content_type: str) -> StoredObject:
@@ -207,44 +212,14 @@ class Objects:
                   body: AsyncIterator[bytes], length: int, content_type: str,
                   content_md5: bytes | None) -> StoredObject:
         """Store a new object from a byte stream of exactly `length` bytes."""
-        resource = f"{coffer.name}/{key}"
         res = await anyio.to_thread.run_sync(self.reserve, coffer, key, writer)
-        store = self.stores[coffer.primary]
-        writer_blob: BlobWriter | None = None
-        renewer = asyncio.create_task(self._keep_renewing(res))
-        try:
-            writer_blob = await anyio.to_thread.run_sync(store.create, res.blob_id)
-            md5, sha = hashlib.md5(), hashlib.sha256()
-            await _pump(body, writer_blob, md5, sha, length, resource, self.body_timeout)
-            if content_md5 is not None and md5.digest() != content_md5:
-                raise CdcsError("InvalidArgument",
-                                "Content-MD5 does not match the bytes received.",
-                                resource=resource)
-            await anyio.to_thread.run_sync(writer_blob.commit)
-            renewer.cancel()
-            return await anyio.to_thread.run_sync(lambda: self.finish(
-                res, size=length, etag=md5.hexdigest(), sha256=sha.hexdigest(),
-                content_type=content_type or DEFAULT_CONTENT_TYPE))
-        except BaseException:
-            renewer.cancel()
-            with anyio.CancelScope(shield=True):
-                try:  # a failing clean-up must not hide why the write failed
-                    if writer_blob is not None:
-                        await anyio.to_thread.run_sync(writer_blob.abort)
-                    await anyio.to_thread.run_sync(self.cancel, res)
-                except Exception:
-                    log.exception("clean-up after a failed write of %s failed", resource)
-            raise
-        finally:
-            with suppress(asyncio.CancelledError):
-                await renewer
-
-    async def _keep_renewing(self, res: Reservation) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ms / 1000)
-            if not await anyio.to_thread.run_sync(self.renew, res):
-                log.error("reservation %s lost while writing", res.object_id)
-                return
+        return await write_leased(
+            self.stores[coffer.primary], res.blob_id, body, length, content_md5,
+            resource=f"{coffer.name}/{key}", idle_timeout=self.body_timeout,
+            lease_seconds=self.lease_ms / 1000, renew=lambda: self.renew(res),
+            cancel=lambda: self.cancel(res),
+            finish=lambda d: self.finish(res, size=d.size, etag=d.etag, sha256=d.sha256,
+                                         content_type=content_type or DEFAULT_CONTENT_TYPE))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -296,19 +271,24 @@ class Objects:
             query = query.where(objects.c.coffer_id == coffer.id)
         with self.db.write() as conn:
             for row in conn.execute(query).all():
-                if self._lapsed(row.holder, row.lease_until_ms, now):
+                if self.lapsed(row.holder, row.lease_until_ms, now):
                     self._discard(conn, row.id, row.blob_id)
                     reclaimed += 1
                 else:
                     live.add(row.blob_id)
         return reclaimed, live
 
-    def recover(self) -> dict[str, int]:
-        """Reclaim the reservations of dead writers and remove stray temporary files."""
+    def recover(self, *others: Callable[[], tuple[int, set[str]]]) -> dict[str, int]:
+        """Reclaim the reservations of dead writers (those of objects, and those `others`
+        reclaim, such as parts) and remove stray temporary files."""
         # List the files before reading the rows: a reservation row is committed before its
         # file is created, so every listed file of a live upload has a row by then.
         listed = {name: store.tmp_blob_ids() for name, store in self.stores.items()}
         reclaimed, live = self.reclaim_lapsed()
+        for reclaim in others:
+            count, still = reclaim()
+            reclaimed += count
+            live |= still
         stray = 0
         for name, blob_ids in listed.items():
             for blob_id in blob_ids:
@@ -326,56 +306,3 @@ def _row_to_object(row: sa.Row) -> StoredObject:
                         sha256=row.sha256, content_type=row.content_type,
                         created_ms=row.created_ms, writer_uin=row.writer_uin,
                         blob_id=row.blob_id, encrypt_type=row.encrypt_type)
-
-
-async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash,
-                sha: hashlib._Hash, length: int, resource: str, idle_timeout: float) -> None:
-    """Move the body into the blob, hashing it, in batches run off the event loop.
-
-    While one batch is written and hashed in a worker thread, the next is received. A client
-    that sends nothing for `idle_timeout` seconds loses its upload (and the key it held).
-    """
-
-    def digest_and_write(data: bytearray) -> None:
-        sha.update(data)
-        blob.write(data)
-
-    async def step(data: bytearray) -> None:
-        # MD5 and SHA-256 each take a core's time per byte: run them side by side.
-        await asyncio.gather(anyio.to_thread.run_sync(md5.update, data),
-                             anyio.to_thread.run_sync(digest_and_write, data))
-
-    pending: asyncio.Future[None] | None = None  # the batch being hashed and written
-    buf = bytearray()
-    received = 0
-    chunks = aiter(body)
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise CdcsError("InvalidArgument",
-                                f"No body bytes arrived for {idle_timeout:g} seconds; the "
-                                "upload was abandoned.", resource=resource) from None
-            received += len(chunk)
-            if received > length:
-                raise CdcsError("InvalidArgument", "The body is longer than Content-Length.",
-                                resource=resource)
-            buf += chunk
-            if len(buf) >= WRITE_BATCH:
-                if pending is not None:
-                    await pending
-                data, buf = buf, bytearray()
-                pending = asyncio.ensure_future(step(data))
-        if received < length:
-            raise CdcsError("InvalidArgument", "The body ended before Content-Length bytes.",
-                            resource=resource)
-    finally:
-        if pending is not None:  # never leave a write running on a blob about to be aborted
-            with anyio.CancelScope(shield=True):
-                await pending
-    if buf:
-        await step(buf)

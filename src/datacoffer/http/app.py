@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from datacoffer import SERVER_NAME
 from datacoffer.errors import CdcsError
-from datacoffer.http import coffers, objects, service
+from datacoffer.http import coffers, multipart, objects, service
 from datacoffer.http.auth import authenticate
 from datacoffer.http.call import Call
 from datacoffer.http.errors import error_response, printable
@@ -38,6 +38,11 @@ HANDLERS: dict[str, Handler] = {
     "PutObject": objects.put_object,
     "GetObject": objects.get_object,
     "HeadObject": objects.head_object,
+    "InitiateMultipartUpload": multipart.initiate,
+    "UploadPart": multipart.upload_part,
+    "ListParts": multipart.list_parts,
+    "AbortMultipartUpload": multipart.abort,
+    "ListMultipartUploads": multipart.list_uploads,
 }
 
 
@@ -59,7 +64,8 @@ class DataCofferApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                found = await anyio.to_thread.run_sync(self.inst.objects.recover)
+                found = await anyio.to_thread.run_sync(
+                    self.inst.objects.recover, self.inst.uploads.reclaim_lapsed_parts)
                 log.info("recovery at start: %s", found)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -59,7 +59,8 @@ async def put_coffer(call: Call) -> Response:
     return Response(b"")
 
 
-def _encoder(encoding: str) -> Callable[[str], str]:
+def url_encoder(encoding: str) -> Callable[[str], str]:
+    """How names are shown: percent-encoded with encoding-type=url, else as they are."""
     if encoding == "url":
         return lambda s: quote(s.encode("utf-8"), safe="-_.~/")
     return lambda s: s
@@ -74,7 +75,7 @@ async def get_coffer(call: Call) -> Response:
     coffer = await call.coffer()
     listing = await anyio.to_thread.run_sync(
         call.inst.coffers.list_objects, coffer, prefix, delimiter, marker, max_keys)
-    enc = _encoder(encoding)
+    enc = url_encoder(encoding)
     root = xml.new("ListCofferResult")
     xml.sub(root, "Name", coffer.name)
     xml.sub(root, "EncryptType", coffer.encrypt_type)

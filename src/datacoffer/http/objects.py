@@ -28,7 +28,16 @@ def object_headers(obj: StoredObject) -> dict[str, str]:
     }
 
 
-def _content_md5(call: Call) -> bytes | None:
+def content_type_of(call: Call) -> str:
+    """The Content-Type to store with an object, checked to fit its column."""
+    content_type = call.request.headers.get("content-type", "")
+    if len(content_type) > MAX_CONTENT_TYPE:
+        raise call.fail("InvalidArgument",
+                        f"Content-Type is limited to {MAX_CONTENT_TYPE} characters.")
+    return content_type
+
+
+def content_md5(call: Call) -> bytes | None:
     value = call.request.headers.get("content-md5")
     if value is None:
         return None
@@ -59,11 +68,8 @@ async def put_object(call: Call) -> Response:
     length = content_length(call, call.inst.settings.max_object_size)
     if length == 0:
         raise call.fail("ObjectEmpty")
-    md5 = _content_md5(call)
-    content_type = call.request.headers.get("content-type", "")
-    if len(content_type) > MAX_CONTENT_TYPE:
-        raise call.fail("InvalidArgument",
-                        f"Content-Type is limited to {MAX_CONTENT_TYPE} characters.")
+    md5 = content_md5(call)
+    content_type = content_type_of(call)
     coffer = await call.coffer()
     obj = await call.inst.objects.put(
         coffer, endpoint.key, call.identity, call.request.stream(), length,

@@ -72,7 +72,8 @@ def _coffer_operation(method: str, params: dict[str, str]) -> str | None:
 def _object_operation(method: str, params: dict[str, str]) -> str | None:
     upload = "uploadid" in params
     if method == "PUT":
-        return "UploadPart" if upload else "PutObject"
+        # a part sent without its uploadId is a bad UploadPart, never an immutable object
+        return "UploadPart" if upload or "partnumber" in params else "PutObject"
     if method == "GET":
         return "ListParts" if upload else "GetObject"
     if method == "HEAD":

@@ -19,10 +19,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from datacoffer.meta import schema
 
+
+def _add_multipart(conn: Connection) -> None:
+    """Version 2: the tables of multipart uploads."""
+    schema.metadata.create_all(conn, tables=[schema.uploads, schema.parts])
+
+
 #: Migration N turns schema version N-1 into version N. A new database is created at the
 #: latest version directly from `schema`, so an entry is only needed for a change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
-LATEST = 1
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_multipart}
+LATEST = 2
 
 
 def _sqlite_setup(engine: Engine) -> None:

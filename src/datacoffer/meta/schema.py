@@ -53,7 +53,8 @@ coffers = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
 )
 
-#: One row per key: a reservation while a PutObject streams (state "writing"), then the object.
+#: One row per key: a reservation while a PutObject streams (state "writing") or while a
+#: multipart upload is in progress (state "multipart"), then the object (state "stored").
 objects = sa.Table(
     "objects", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -81,4 +82,42 @@ object_copies = sa.Table(
               primary_key=True),
     sa.Column("region", sa.String(64), primary_key=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+#: Multipart uploads. An active upload holds its key through an `objects` row in state
+#: "multipart". A completed upload's row stays, so that its ID answers MultipartAlreadyCompleted.
+uploads = sa.Table(
+    "uploads", metadata,
+    sa.Column("upload_id", sa.String(64), primary_key=True),
+    sa.Column("coffer_id", sa.Integer, sa.ForeignKey("coffers.id"), nullable=False),
+    sa.Column("key", _key_type, nullable=False),
+    #: the `objects` row that holds the key (and becomes the object at completion)
+    sa.Column("object_id", sa.Integer, nullable=False),
+    sa.Column("initiator_uin", sa.String(32), nullable=False),
+    sa.Column("content_type", sa.String(256), nullable=False),
+    #: "active", "completing" (a complete holds it) or "completed"
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_uploads_listing", "coffer_id", "state", "key", "created_ms"),
+)
+
+#: Parts of uploads, one row per blob: "writing" while it streams (with a holder and a lease,
+#: as an object's reservation), then "stored". At most one stored blob per part number: a
+#: re-upload replaces the previous one in the transaction that stores it.
+parts = sa.Table(
+    "parts", metadata,
+    sa.Column("blob_id", sa.String(64), primary_key=True),
+    sa.Column("upload_id", sa.String(64), sa.ForeignKey("uploads.upload_id"), nullable=False),
+    sa.Column("part_number", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False, default=0),
+    sa.Column("etag", sa.String(64), nullable=False, default=""),
+    sa.Column("sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String(256), nullable=False, default=""),
+    sa.Column("lease_until_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Index("ix_parts_upload", "upload_id", "part_number"),
+    sa.Index("uq_parts_stored", "upload_id", "part_number", unique=True,
+             sqlite_where=sa.text("state = 'stored'"),
+             postgresql_where=sa.text("state = 'stored'")),
 )

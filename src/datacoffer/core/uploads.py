@@ -1,0 +1,294 @@
+"""Multipart uploads: initiate, upload parts, list them, abort; list a coffer's uploads.
+
+An initiated upload holds its key through an `objects` row in state "multipart" (so PutObject
+and a second initiate answer ObjectAlreadyUploading), and an `uploads` row. Each part is a blob
+of its own, written like a PutObject's (reserved row with a lease, streamed, fsynced, then
+"stored"); a re-upload of a part number replaces the stored blob in one transaction, so a reader
+sees the old part or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+import sqlalchemy as sa
+
+from datacoffer.core.clock import now_ms
+from datacoffer.core.coffers import MULTIPART, STORED, WRITING, Coffer, successor
+from datacoffer.core.identities import Identity
+from datacoffer.core.ingest import Digest, write_leased
+from datacoffer.core.objects import Objects
+from datacoffer.errors import CdcsError
+from datacoffer.meta.db import Database
+from datacoffer.meta.schema import objects, parts, uploads
+from datacoffer.storage.blobs import RegionStore, new_blob_id
+
+log = logging.getLogger("datacoffer.uploads")
+
+ACTIVE = "active"
+COMPLETING = "completing"
+COMPLETED = "completed"
+MAX_PART_NUMBER = 10000
+
+
+@dataclass(frozen=True)
+class Upload:
+    upload_id: str
+    coffer: Coffer
+    key: str
+    object_id: int
+    initiator_uin: str
+    content_type: str
+    state: str
+    created_ms: int
+
+    @property
+    def resource(self) -> str:
+        return f"{self.coffer.name}/{self.key}"
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    size: int
+    etag: str
+    sha256: str
+    created_ms: int
+    blob_id: str
+
+
+@dataclass(frozen=True)
+class PartsPage:
+    parts: list[Part]
+    is_truncated: bool
+    next_marker: int
+
+
+@dataclass(frozen=True)
+class UploadsPage:
+    uploads: list[Upload]
+    is_truncated: bool
+    next_key_marker: str
+    next_upload_id_marker: str
+
+
+def new_upload_id() -> str:
+    """128 bits from the OS's random source: upload IDs must be unguessable."""
+    return secrets.token_hex(16)
+
+
+def _row_to_upload(row: sa.Row, coffer: Coffer) -> Upload:
+    return Upload(row.upload_id, coffer, row.key, row.object_id, row.initiator_uin,
+                  row.content_type, row.state, row.created_ms)
+
+
+def _row_to_part(row: sa.Row) -> Part:
+    return Part(row.part_number, row.size, row.etag, row.sha256, row.created_ms, row.blob_id)
+
+
+_UPLOAD = sa.select(uploads).where(
+    (uploads.c.upload_id == sa.bindparam("upload_id"))
+    & (uploads.c.coffer_id == sa.bindparam("coffer_id")) & (uploads.c.key == sa.bindparam("key")))
+_LOCK_UPLOAD = (sa.select(uploads.c.state).where(uploads.c.upload_id == sa.bindparam("upload_id"))
+                .with_for_update())
+_MINE = ((parts.c.blob_id == sa.bindparam("part_blob"))
+         & (parts.c.holder == sa.bindparam("me")) & (parts.c.state == WRITING))
+_RENEW = parts.update().where(_MINE).values(lease_until_ms=sa.bindparam("until"))
+_CANCEL = parts.delete().where(_MINE)
+
+
+class Uploads:
+    def __init__(self, db: Database, stores: dict[str, RegionStore], objects: Objects, *,
+                 max_part_size: int) -> None:
+        self.db = db
+        self.stores = stores
+        self.objects = objects
+        self.max_part_size = max_part_size
+
+    # -- initiate, find, abort -----------------------------------------------------------
+
+    def initiate(self, coffer: Coffer, key: str, initiator: Identity,
+                 content_type: str) -> Upload:
+        """Start an upload: it holds the key until it is completed or aborted."""
+        for _ in range(3):
+            try:
+                with self.db.write() as conn:
+                    object_id, _ = self.objects.take_key(conn, coffer, key, initiator, MULTIPART)
+                    upload_id, created = new_upload_id(), now_ms()
+                    conn.execute(uploads.insert(), {
+                        "upload_id": upload_id, "coffer_id": coffer.id, "key": key,
+                        "object_id": object_id, "initiator_uin": initiator.uin,
+                        "content_type": content_type, "state": ACTIVE, "created_ms": created})
+                return Upload(upload_id, coffer, key, object_id, initiator.uin, content_type,
+                              ACTIVE, created)
+            except sa.exc.IntegrityError:
+                continue  # another writer took the key between our look and our insert
+        raise CdcsError("ObjectAlreadyUploading", resource=f"{coffer.name}/{key}")
+
+    def find(self, coffer: Coffer, key: str, upload_id: str) -> Upload:
+        """The upload with this ID for this coffer and key (in any state), or NoSuchUpload."""
+        row = None
+        # An ID that is not printable ASCII was never issued (and not every database can
+        # even compare it: text that is not UTF-8, a NUL).
+        if upload_id.isascii() and upload_id.isprintable():
+            with self.db.engine.connect() as conn:
+                row = conn.execute(_UPLOAD, {"upload_id": upload_id, "coffer_id": coffer.id,
+                                             "key": key}).first()
+        if row is None:
+            raise CdcsError("NoSuchUpload",
+                            "This coffer and key have no upload with that ID (it may have been "
+                            "aborted).", resource=f"{coffer.name}/{key}")
+        return _row_to_upload(row, coffer)
+
+    @staticmethod
+    def _check_active(state: str | None, upload: Upload) -> None:
+        """Refuse a change to an upload that is gone, completed, or being completed."""
+        if state is None:
+            raise CdcsError("NoSuchUpload", "The upload was aborted.", resource=upload.resource)
+        if state == COMPLETED:
+            raise CdcsError("MultipartAlreadyCompleted", resource=upload.resource)
+        if state == COMPLETING:
+            raise CdcsError("AlreadyLock", "The upload is being completed; retry later.",
+                            resource=upload.resource)
+
+    def abort(self, upload: Upload) -> None:
+        """Discard the upload and its parts, and free its key."""
+        with self.db.write() as conn:
+            self._check_active(conn.execute(_LOCK_UPLOAD, {"upload_id": upload.upload_id})
+                               .scalar(), upload)
+            rows = conn.execute(sa.select(parts.c.blob_id, parts.c.state, parts.c.holder,
+                                          parts.c.lease_until_ms).where(
+                parts.c.upload_id == upload.upload_id)).all()
+            conn.execute(parts.delete().where(parts.c.upload_id == upload.upload_id))
+            conn.execute(uploads.delete().where(uploads.c.upload_id == upload.upload_id))
+            conn.execute(objects.delete().where((objects.c.id == upload.object_id)
+                                                & (objects.c.state == MULTIPART)))
+        now = now_ms()
+        for row in rows:
+            # A part still streaming keeps its file: removing it under the writer would fail
+            # the writer's rename (a 500); instead it fails at its finish (NoSuchUpload) and
+            # removes its own blob. Only a dead writer's file is removed here.
+            if row.state == WRITING and not self.objects.lapsed(row.holder,
+                                                                row.lease_until_ms, now):
+                continue
+            self.objects.remove_blob(row.blob_id)
+
+    # -- parts ---------------------------------------------------------------------------
+
+    def _reserve_part(self, upload: Upload, number: int) -> str:
+        now = now_ms()
+        with self.db.write(durable=False) as conn:
+            self._check_active(conn.execute(_LOCK_UPLOAD.with_for_update(read=True),
+                                            {"upload_id": upload.upload_id}).scalar(), upload)
+            blob_id = new_blob_id()
+            conn.execute(parts.insert(), {
+                "blob_id": blob_id, "upload_id": upload.upload_id, "part_number": number,
+                "state": WRITING, "size": 0, "etag": "", "sha256": "", "created_ms": now,
+                "holder": self.objects.holder,
+                "lease_until_ms": now + 3 * self.objects.lease_ms})
+        return blob_id
+
+    def _renew_part(self, blob_id: str) -> bool:
+        with self.db.write(durable=False) as conn:
+            result = conn.execute(_RENEW, {"part_blob": blob_id, "me": self.objects.holder,
+                                           "until": now_ms() + 3 * self.objects.lease_ms})
+            return result.rowcount == 1
+
+    def _cancel_part(self, blob_id: str) -> None:
+        with self.db.write(durable=False) as conn:
+            conn.execute(_CANCEL, {"part_blob": blob_id, "me": self.objects.holder})
+        self.objects.remove_blob(blob_id)
+
+    def _finish_part(self, upload: Upload, number: int, blob_id: str, digest: Digest) -> Part:
+        """Store the part, replacing a previous blob of the same number, in one transaction."""
+        created = now_ms()
+        with self.db.write() as conn:
+            self._check_active(conn.execute(_LOCK_UPLOAD.with_for_update(read=True),
+                                            {"upload_id": upload.upload_id}).scalar(), upload)
+            replaced = conn.execute(sa.select(parts.c.blob_id).where(
+                (parts.c.upload_id == upload.upload_id) & (parts.c.part_number == number)
+                & (parts.c.state == STORED))).scalars().all()
+            conn.execute(parts.delete().where(parts.c.blob_id.in_(replaced)))
+            result = conn.execute(parts.update().where(_MINE).values(
+                state=STORED, size=digest.size, etag=digest.etag, sha256=digest.sha256,
+                created_ms=created, holder="", lease_until_ms=0),
+                {"part_blob": blob_id, "me": self.objects.holder})
+            if result.rowcount != 1:
+                raise RuntimeError(f"part blob {blob_id} was reclaimed during the write")
+        for old in replaced:
+            self.objects.remove_blob(old)
+        return Part(number, digest.size, digest.etag, digest.sha256, created, blob_id)
+
+    async def upload_part(self, upload: Upload, number: int, body: AsyncIterator[bytes],
+                          length: int, content_md5: bytes | None) -> Part:
+        blob_id = await anyio.to_thread.run_sync(self._reserve_part, upload, number)
+        return await write_leased(
+            self.stores[upload.coffer.primary], blob_id, body, length, content_md5,
+            resource=upload.resource, idle_timeout=self.objects.body_timeout,
+            lease_seconds=self.objects.lease_ms / 1000,
+            renew=lambda: self._renew_part(blob_id), cancel=lambda: self._cancel_part(blob_id),
+            finish=lambda d: self._finish_part(upload, number, blob_id, d))
+
+    def list_parts(self, upload: Upload, marker: int, max_count: int) -> PartsPage:
+        """The stored parts numbered above `marker`, at most `max_count` of them."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(sa.select(parts).where(
+                (parts.c.upload_id == upload.upload_id) & (parts.c.state == STORED)
+                & (parts.c.part_number > marker))
+                .order_by(parts.c.part_number).limit(max_count + 1)).all()
+        found = [_row_to_part(r) for r in rows[:max_count]]
+        truncated = len(rows) > max_count
+        return PartsPage(found, truncated, found[-1].number if truncated else 0)
+
+    def reclaim_lapsed_parts(self) -> tuple[int, set[str]]:
+        """Discard part writes whose writer is gone; return their count and the live blobs."""
+        now = now_ms()
+        reclaimed, live = 0, set()
+        with self.db.write(durable=False) as conn:
+            rows = conn.execute(sa.select(parts.c.blob_id, parts.c.holder,
+                                          parts.c.lease_until_ms)
+                                .where(parts.c.state == WRITING)).all()
+            for row in rows:
+                if self.objects.lapsed(row.holder, row.lease_until_ms, now):
+                    conn.execute(parts.delete().where(parts.c.blob_id == row.blob_id))
+                    self.objects.remove_blob(row.blob_id)
+                    reclaimed += 1
+                else:
+                    live.add(row.blob_id)
+        return reclaimed, live
+
+    # -- listing uploads -----------------------------------------------------------------
+
+    def list_uploads(self, coffer: Coffer, prefix: str, key_marker: str,
+                     upload_id_marker: str, max_uploads: int) -> UploadsPage:
+        """Uploads in progress, by key then initiation time, after the markers (S3 semantics:
+        with an upload-id-marker, the key-marker's own uploads after that one are included)."""
+        q = sa.select(uploads).where((uploads.c.coffer_id == coffer.id)
+                                     & (uploads.c.state != COMPLETED))
+        if prefix:  # a range, not LIKE: byte order and case as the keys themselves
+            q = q.where(uploads.c.key >= prefix)
+            upper = successor(prefix)
+            if upper is not None:
+                q = q.where(uploads.c.key < upper)
+        with self.db.engine.connect() as conn:
+            after_key = uploads.c.key > key_marker
+            if key_marker and upload_id_marker:
+                mark = conn.execute(sa.select(uploads.c.created_ms).where(
+                    uploads.c.upload_id == upload_id_marker)).scalar()
+                if mark is not None:
+                    after_key = after_key | ((uploads.c.key == key_marker) & (sa.tuple_(
+                        uploads.c.created_ms, uploads.c.upload_id) > sa.tuple_(
+                        sa.literal(mark), sa.literal(upload_id_marker))))
+            if key_marker:
+                q = q.where(after_key)
+            rows = conn.execute(q.order_by(uploads.c.key, uploads.c.created_ms,
+                                           uploads.c.upload_id).limit(max_uploads + 1)).all()
+        found = [_row_to_upload(r, coffer) for r in rows[:max_uploads]]
+        truncated = len(rows) > max_uploads
+        last = found[-1] if truncated else None
+        return UploadsPage(found, truncated, last.key if last else "",
+                           last.upload_id if last else "")
