@@ -37,14 +37,18 @@ def _run_dd(args: list[str]) -> tuple[int, float]:
     return int(match.group(1)), float(match.group(2).replace(",", "."))
 
 
-def dd_write(directory: Path, mib: int) -> dict[str, Any]:
-    """Sequential 1 MiB writes, one fsync at the end: MiB/s of durable streaming writes."""
-    target = directory / "dd-write.test"
+def _dd_into(target: Path, args: list[str]) -> tuple[int, float]:
+    """dd zeros into `target` (removed afterwards): bytes written and seconds taken."""
     try:
-        size, seconds = _run_dd(["if=/dev/zero", f"of={target}", "bs=1M", f"count={mib}",
-                                 "conv=fsync"])
+        return _run_dd(["if=/dev/zero", f"of={target}", *args])
     finally:
         target.unlink(missing_ok=True)
+
+
+def dd_write(directory: Path, mib: int) -> dict[str, Any]:
+    """Sequential 1 MiB writes, one fsync at the end: MiB/s of durable streaming writes."""
+    size, seconds = _dd_into(directory / "dd-write.test", ["bs=1M", f"count={mib}",
+                                                           "conv=fsync"])
     return {"command": f"dd if=/dev/zero of=<data dir>/dd-write.test bs=1M count={mib} "
                        "conv=fsync",
             "bytes": size, "seconds": seconds, "mib_s": size / MIB / seconds}
@@ -52,12 +56,8 @@ def dd_write(directory: Path, mib: int) -> dict[str, Any]:
 
 def dd_sync_small(directory: Path, count: int) -> dict[str, Any]:
     """4 KiB writes each made durable before the next: durable small writes per second."""
-    target = directory / "dd-dsync.test"
-    try:
-        size, seconds = _run_dd(["if=/dev/zero", f"of={target}", "bs=4k", f"count={count}",
-                                 "oflag=dsync"])
-    finally:
-        target.unlink(missing_ok=True)
+    size, seconds = _dd_into(directory / "dd-dsync.test", ["bs=4k", f"count={count}",
+                                                           "oflag=dsync"])
     writes = size // 4096
     return {"command": f"dd if=/dev/zero of=<data dir>/dd-dsync.test bs=4k count={count} "
                        "oflag=dsync",
