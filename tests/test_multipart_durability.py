@@ -283,6 +283,44 @@ def test_abort_with_a_part_streaming_leaves_no_file(mp):
     assert client.get(path).content == b"a plain object now"
 
 
+def test_part_writer_killed_after_an_abort_leaves_nothing(tmp_path):
+    """Abort while a part streams keeps that write's row (the upload is marked aborted), so
+    when the server then dies, the next start reclaims the dead write: no row, no file."""
+    srv = ServerProcess(tmp_path / "data")
+    srv.start()
+    try:
+        client = new_client(srv)
+        coffer, key = f"mp-abort-kill-{OWN_APP_ID}", "k.bin"
+        client.make_coffer(coffer)
+        upload_id = initiate(client, coffer, key)
+        put_part(client, coffer, key, upload_id, 1, b"stored part")
+        held = os.urandom(4 * MiB)
+        up = raw_part(client, coffer, key, upload_id, 2, len(held))
+        try:
+            up.send(held[: 2 * MiB])
+            wait_part_streaming(srv.data_dir, upload_id, MiB)
+            r = client.delete(f"/{coffer}/{key}", params={"uploadId": upload_id})
+            assert r.status_code == 204, r.text
+            assert [state for _, state, _ in part_rows(srv.data_dir, upload_id)] == ["writing"]
+            assert db_rows(srv.data_dir, "SELECT state FROM uploads WHERE upload_id = ?",
+                           upload_id) == [("aborted",)]
+            check_error(client.get(f"/{coffer}/{key}", params={"uploadId": upload_id}), 404,
+                        "NoSuchUpload")
+            assert (key, upload_id) not in listed_uploads(client, coffer)
+            srv.kill()
+        finally:
+            up.close()
+        srv.start()
+        assert part_rows(srv.data_dir, upload_id) == []
+        assert db_rows(srv.data_dir, "SELECT count(*) FROM uploads WHERE upload_id = ?",
+                       upload_id) == [(0,)]
+        assert tmp_files(srv.data_dir) == [] and blob_names(srv.data_dir) == set()
+        assert client.put(f"/{coffer}/{key}", content=b"free").status_code == 200
+        client.close()
+    finally:
+        srv.stop()
+
+
 # -- 4. concurrency -------------------------------------------------------------------------
 
 

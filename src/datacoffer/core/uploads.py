@@ -32,6 +32,8 @@ log = logging.getLogger("datacoffer.uploads")
 ACTIVE = "active"
 COMPLETING = "completing"
 COMPLETED = "completed"
+#: aborted, with a part write still streaming: the row goes when that write has cleaned up
+ABORTED = "aborted"
 MAX_PART_NUMBER = 10000
 
 
@@ -138,7 +140,7 @@ class Uploads:
             with self.db.engine.connect() as conn:
                 row = conn.execute(_UPLOAD, {"upload_id": upload_id, "coffer_id": coffer.id,
                                              "key": key}).first()
-        if row is None:
+        if row is None or row.state == ABORTED:
             raise CdcsError("NoSuchUpload",
                             "This coffer and key have no upload with that ID (it may have been "
                             "aborted).", resource=f"{coffer.name}/{key}")
@@ -147,7 +149,7 @@ class Uploads:
     @staticmethod
     def _check_active(state: str | None, upload: Upload) -> None:
         """Refuse a change to an upload that is gone, completed, or being completed."""
-        if state is None:
+        if state is None or state == ABORTED:
             raise CdcsError("NoSuchUpload", "The upload was aborted.", resource=upload.resource)
         if state == COMPLETED:
             raise CdcsError("MultipartAlreadyCompleted", resource=upload.resource)
@@ -156,26 +158,39 @@ class Uploads:
                             resource=upload.resource)
 
     def abort(self, upload: Upload) -> None:
-        """Discard the upload and its parts, and free its key."""
+        """Discard the upload and its parts, and free its key.
+
+        A part write still streaming keeps its row and its file: removing the file under the
+        writer would fail its rename, and removing the row would leave its blob unknown to
+        crash recovery. The upload is marked aborted instead; that write fails at its commit
+        (NoSuchUpload), removes its own blob, and the upload's row goes with it.
+        """
+        now = now_ms()
         with self.db.write() as conn:
             self._check_active(conn.execute(_LOCK_UPLOAD, {"upload_id": upload.upload_id})
                                .scalar(), upload)
             rows = conn.execute(sa.select(parts.c.blob_id, parts.c.state, parts.c.holder,
                                           parts.c.lease_until_ms).where(
                 parts.c.upload_id == upload.upload_id)).all()
-            conn.execute(parts.delete().where(parts.c.upload_id == upload.upload_id))
-            conn.execute(uploads.delete().where(uploads.c.upload_id == upload.upload_id))
+            streaming = {r.blob_id for r in rows if r.state == WRITING
+                         and not self.objects.lapsed(r.holder, r.lease_until_ms, now)}
+            gone = [r.blob_id for r in rows if r.blob_id not in streaming]
+            conn.execute(parts.delete().where(parts.c.blob_id.in_(gone)))
+            if streaming:
+                conn.execute(uploads.update().where(uploads.c.upload_id == upload.upload_id)
+                             .values(state=ABORTED))
+            else:
+                conn.execute(uploads.delete().where(uploads.c.upload_id == upload.upload_id))
             conn.execute(objects.delete().where((objects.c.id == upload.object_id)
                                                 & (objects.c.state == MULTIPART)))
-        now = now_ms()
-        for row in rows:
-            # A part still streaming keeps its file: removing it under the writer would fail
-            # the writer's rename (a 500); instead it fails at its finish (NoSuchUpload) and
-            # removes its own blob. Only a dead writer's file is removed here.
-            if row.state == WRITING and not self.objects.lapsed(row.holder,
-                                                                row.lease_until_ms, now):
-                continue
-            self.objects.remove_blob(row.blob_id)
+        for blob_id in gone:
+            self.objects.remove_blob(blob_id)
+
+    def _forget_if_aborted(self, conn: sa.Connection) -> None:
+        """Remove aborted uploads whose last part write has cleaned up."""
+        conn.execute(uploads.delete().where(
+            (uploads.c.state == ABORTED)
+            & ~sa.exists().where(parts.c.upload_id == uploads.c.upload_id)))
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -201,6 +216,7 @@ class Uploads:
     def _cancel_part(self, blob_id: str) -> None:
         with self.db.write(durable=False) as conn:
             conn.execute(_CANCEL, {"part_blob": blob_id, "me": self.objects.holder})
+            self._forget_if_aborted(conn)
         self.objects.remove_blob(blob_id)
 
     def _finish_part(self, upload: Upload, number: int, blob_id: str, digest: Digest) -> Part:
@@ -259,6 +275,7 @@ class Uploads:
                     reclaimed += 1
                 else:
                     live.add(row.blob_id)
+            self._forget_if_aborted(conn)
         return reclaimed, live
 
     # -- listing uploads -----------------------------------------------------------------
@@ -268,7 +285,7 @@ class Uploads:
         """Uploads in progress, by key then initiation time, after the markers (S3 semantics:
         with an upload-id-marker, the key-marker's own uploads after that one are included)."""
         q = sa.select(uploads).where((uploads.c.coffer_id == coffer.id)
-                                     & (uploads.c.state != COMPLETED))
+                                     & uploads.c.state.in_((ACTIVE, COMPLETING)))
         if prefix:  # a range, not LIKE: byte order and case as the keys themselves
             q = q.where(uploads.c.key >= prefix)
             upper = successor(prefix)
