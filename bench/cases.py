@@ -4,6 +4,10 @@ Every loop is bounded twice: by a count of operations and by a time limit (check
 new operation; an operation in flight is bounded by the client's timeouts). Latencies are taken
 per operation; the wall time of a case runs from the moment all its clients are ready to the
 end of its last operation.
+
+The multipart case is run differently (`Runner._run_multipart`): one object, initiated,
+uploaded in parts by several uploader threads, completed, then read back by one client; it
+gives two result rows, the upload (initiate to complete) and the download.
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ from typing import Any, Literal
 
 from rich.progress import Progress
 
-from bench.client import AsyncClient, BenchError, Expected, Signer, SyncClient, expected
+from bench.client import (
+    AsyncClient,
+    BenchError,
+    Expected,
+    ExpectedParts,
+    Signer,
+    SyncClient,
+    TimeLimitReached,
+    expected,
+    expected_parts,
+    new_part_buffer,
+)
 from bench.server import BenchServer
 
 KIB = 1024
@@ -37,15 +52,23 @@ READY_TIMEOUT = 60.0
 
 Mode = Literal["threads", "async"]
 
+#: The multipart case: (object size, part size, uploader threads, time limit of each of its
+#: two phases, upload and download, in seconds).
+MULTIPART_FULL = (4 * GIB, 64 * MIB, 4, 600.0)
+MULTIPART_QUICK = (256 * MIB, 64 * MIB, 4, 30.0)
+
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    op: Literal["put", "get"]
+    op: Literal["put", "get", "multipart"]
+    #: the object size (for multipart: the whole object, `count` parts of `part_size`)
     size: int
+    #: operations to run (for multipart: parts to upload)
     count: int
     clients: int
     time_limit: float
+    part_size: int = 0
 
     @property
     def small(self) -> bool:
@@ -59,12 +82,21 @@ class Case:
     def label(self) -> str:
         return f"{self.op.upper()} {size_label(self.size)} x{self.clients}"
 
+    @property
+    def get_label(self) -> str:
+        """The multipart case's second row: reading the object back with one client."""
+        return f"GET {size_label(self.size)} x1 (multipart)"
+
 
 def size_label(size: int) -> str:
     for unit, name in ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
         if size >= unit and size % unit == 0:
             return f"{size // unit} {name}"
     return f"{size} B"
+
+
+def _slug(size: int) -> str:
+    return size_label(size).replace(" ", "").lower()
 
 
 def plan(*, quick: bool) -> list[Case]:
@@ -78,11 +110,14 @@ def plan(*, quick: bool) -> list[Case]:
     cases: list[Case] = []
     for size, count, limit in big:
         for op in ("put", "get"):
-            cases.append(Case(f"{op}-{size_label(size).replace(' ', '').lower()}", op, size,
-                              count, 1, limit))
+            cases.append(Case(f"{op}-{_slug(size)}", op, size, count, 1, limit))
     for clients, count, limit in small:
         for op in ("put", "get"):
             cases.append(Case(f"{op}-4kib-c{clients}", op, 4 * KIB, count, clients, limit))
+    # Last: the cases before it run as they always have, not after 4 GiB more was written.
+    size, part_size, uploaders, limit = MULTIPART_QUICK if quick else MULTIPART_FULL
+    cases.append(Case(f"multipart-{_slug(size)}", "multipart", size, size // part_size,
+                      uploaders, limit, part_size))
     return cases
 
 
@@ -110,6 +145,11 @@ class Result:
     verified: str = ""
     stopped_by: str = ""
     error: str | None = None
+    #: multipart rows only: the part size, and the CompleteMultipartUpload call's own latency
+    part_size: int | None = None
+    complete_ms: float | None = None
+    #: shown in the Note column after any failure or stop
+    note: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     def public(self) -> dict[str, Any]:
@@ -183,7 +223,13 @@ class Runner:
 
     # -- one case ------------------------------------------------------------------------------
 
-    def run(self, case: Case) -> Result:
+    def run(self, case: Case) -> list[Result]:
+        """Run one case: one result row, two for the multipart case (upload, download)."""
+        if case.op == "multipart":
+            return self._run_multipart(case)
+        return [self._run_simple(case)]
+
+    def _run_simple(self, case: Case) -> Result:
         result = Result(case.name, case.label, case.op, case.size, case.clients, case.count,
                         self.mode)
         result.verified = ("ETag = MD5 of the body" if case.op == "put" else
@@ -242,13 +288,7 @@ class Runner:
         if result.seconds > 0:
             result.mib_s = result.bytes / MIB / result.seconds
             result.ops_s = result.ops / result.seconds
-        if tally.latencies:
-            lat = sorted(x * 1000 for x in tally.latencies)
-            result.p50_ms = percentile(lat, 0.50)
-            result.p90_ms = percentile(lat, 0.90)
-            result.p99_ms = percentile(lat, 0.99)
-            result.max_ms = lat[-1]
-            result.latencies_ms = lat
+        _set_latencies(result, tally.latencies)
         if tally.errors:
             result.error = f"{type(tally.errors[0]).__name__}: {tally.errors[0]}"
             result.stopped_by = "error"
@@ -258,6 +298,170 @@ class Runner:
             result.stopped_by = "count"
         else:
             result.stopped_by = "time limit"
+
+    # -- multipart: initiate, parts from N uploader threads, complete, GET ---------------------
+
+    def _run_multipart(self, case: Case) -> list[Result]:
+        """Upload one object in `case.count` parts with `case.clients` uploader threads (one
+        httpx.Client each, whatever --mode says), complete it, then read it back with one
+        client. Each phase is bounded by `case.time_limit`."""
+        up = Result(case.name, case.label, case.op, case.size, case.clients, case.count,
+                    "threads", part_size=case.part_size)
+        up.verified = ("ETag of each part = its MD5; object ETag = MD5 of the parts' MD5s "
+                       "+ '-N'")
+        down = Result(f"{case.name}-get", case.get_label, "get", case.size, 1, 1, "threads",
+                      part_size=case.part_size)
+        down.verified = ("size, ETag, composite x-cdcs-checksum-sha256 (from the SHA-256 of "
+                         "each part sent)")
+        exp = expected_parts(case.part_size, case.count)
+        path = f"/{self.coffer}/{case.name}/{secrets.token_hex(2)}/object"
+        if self._upload_multipart(case, exp, path, up):
+            self._download_multipart(case, exp, path, down)
+        else:
+            down.stopped_by = "skipped"
+            down.note = ("skipped: the upload failed" if up.error else
+                         f"skipped: the upload was not completed ({up.stopped_by})")
+        return [up, down]
+
+    def _upload_multipart(self, case: Case, exp: ExpectedParts, path: str,
+                          result: Result) -> bool:
+        """Fill `result` with the upload's numbers; True when the object was completed."""
+        task = self.progress.add_task(case.label, total=case.size, ops="0",
+                                      planned=str(case.count))
+        claims = _Claims(case.count)
+        ready = threading.Barrier(case.clients + 1)
+        tally = _Tally()
+        etags: list[str] = [""] * case.count
+        upload_id = [""]
+        deadline = [0.0]
+        done = itertools.count(1)
+
+        def on_bytes(n: int) -> None:
+            self.progress.advance(task, n)
+
+        def uploader() -> None:
+            client = SyncClient(self.server.base_url, self.signer)
+            buffer = new_part_buffer()  # this uploader's one reused buffer
+            try:
+                ready.wait(READY_TIMEOUT)
+                while not (self.stop.is_set() or tally.failed.is_set()):
+                    if time.monotonic() >= deadline[0]:
+                        return
+                    i = claims.take()
+                    if i is None:
+                        return
+                    t0 = time.perf_counter()
+                    etags[i] = client.upload_part(path, upload_id[0], i + 1, exp, buffer,
+                                                  on_bytes)
+                    t1 = time.perf_counter()
+                    tally.latencies.append(t1 - t0)
+                    tally.ends.append(t1)
+                    self.progress.update(task, ops=str(next(done)))
+            except threading.BrokenBarrierError:
+                pass
+            except Exception as exc:
+                tally.fail(exc)
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=uploader, name=f"bench-part-{n}", daemon=True)
+                   for n in range(case.clients)]
+        for t in threads:
+            t.start()
+        main = SyncClient(self.server.base_url, self.signer)
+        completed = False
+        cpu0 = self.server.cpu_seconds()
+        proc0 = time.process_time()
+        try:
+            deadline[0] = time.monotonic() + case.time_limit
+            start = end = time.perf_counter()
+            try:
+                upload_id[0] = main.initiate(path)
+                ready.wait(READY_TIMEOUT)
+            except Exception as exc:  # no upload (or no uploaders): the threads are let go
+                tally.fail(exc if not isinstance(exc, threading.BrokenBarrierError) else
+                           BenchError(f"the uploaders were not ready in {READY_TIMEOUT:.0f} s"))
+                ready.abort()
+            for t in threads:
+                t.join()
+            if tally.errors or self.stop.is_set() or len(tally.latencies) < case.count:
+                end = max(tally.ends, default=start)
+            else:
+                t0 = time.perf_counter()
+                try:
+                    main.complete(path, upload_id[0], etags, exp)
+                    end = time.perf_counter()
+                    result.complete_ms = (end - t0) * 1000
+                    completed = True
+                except Exception as exc:
+                    end = time.perf_counter()
+                    tally.fail(exc)
+            if not completed and upload_id[0]:
+                with contextlib.suppress(Exception):  # free the parts' space; best effort
+                    main.abort(path, upload_id[0])
+        except BaseException:
+            # Ctrl-C: let the uploaders see `stop`; what is in flight ends with the server.
+            self.stop.set()
+            ready.abort()
+            for t in threads:
+                t.join(2.0)
+            raise
+        finally:
+            main.close()
+            self.progress.update(task, description=f"[dim]{case.label}")
+        cpu1 = self.server.cpu_seconds()
+        proc1 = time.process_time()
+
+        result.ops = len(tally.latencies)
+        result.bytes = result.ops * case.part_size
+        result.seconds = end - start
+        _set_latencies(result, tally.latencies)
+        if tally.errors:
+            result.error = f"{type(tally.errors[0]).__name__}: {tally.errors[0]}"
+            result.stopped_by = "error"
+        elif self.stop.is_set():
+            result.stopped_by = "interrupted"
+        elif completed:
+            result.stopped_by = "count"
+        else:
+            result.stopped_by = "time limit"
+        _set_rates(result, cpu0, cpu1, proc1 - proc0)
+        result.note = f"{case.count} x {size_label(case.part_size)} parts"
+        if result.complete_ms is not None:
+            result.note += f", complete {result.complete_ms:,.1f} ms"
+        return completed
+
+    def _download_multipart(self, case: Case, exp: ExpectedParts, path: str,
+                            result: Result) -> None:
+        task = self.progress.add_task(result.label, total=case.size, ops="0", planned="1")
+        client = SyncClient(self.server.base_url, self.signer)
+        cpu0 = self.server.cpu_seconds()
+        proc0 = time.process_time()
+        deadline = time.monotonic() + case.time_limit
+        start = time.perf_counter()
+        try:
+            result.bytes = client.get_multipart(
+                path, exp, deadline=deadline, on_bytes=lambda n: self.progress.advance(task, n))
+            end = time.perf_counter()
+            result.ops = 1
+            result.stopped_by = "count"
+            self.progress.update(task, ops="1")
+            _set_latencies(result, [end - start])
+        except TimeLimitReached as stop:
+            end = time.perf_counter()
+            result.bytes = stop.received
+            result.stopped_by = "time limit"
+        except Exception as exc:
+            end = time.perf_counter()
+            result.error = f"{type(exc).__name__}: {exc}"
+            result.stopped_by = "error"
+        finally:
+            client.close()
+            self.progress.update(task, description=f"[dim]{result.label}")
+        cpu1 = self.server.cpu_seconds()
+        proc1 = time.process_time()
+        result.seconds = end - start
+        _set_rates(result, cpu0, cpu1, proc1 - proc0)
 
     # -- threads: one httpx.Client per thread --------------------------------------------------
 
@@ -359,6 +563,27 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await c.aclose()
         return start
+
+
+def _set_rates(result: Result, cpu0: float | None, cpu1: float | None,
+               client_cpu: float) -> None:
+    """MiB/s, ops/s and the CPU columns, from bytes, ops and seconds already set."""
+    if result.seconds > 0:
+        result.mib_s = result.bytes / MIB / result.seconds
+        result.ops_s = result.ops / result.seconds
+        if cpu0 is not None and cpu1 is not None:
+            result.server_cpu = (cpu1 - cpu0) / result.seconds
+        result.client_cpu = client_cpu / result.seconds
+
+
+def _set_latencies(result: Result, seconds: list[float]) -> None:
+    if seconds:
+        lat = sorted(x * 1000 for x in seconds)
+        result.p50_ms = percentile(lat, 0.50)
+        result.p90_ms = percentile(lat, 0.90)
+        result.p99_ms = percentile(lat, 0.99)
+        result.max_ms = lat[-1]
+        result.latencies_ms = lat
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, float]) -> float:

@@ -29,12 +29,6 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def _row(r: Result) -> tuple[str, ...]:
     small = r.size <= 64 * 1024
-    if r.stopped_by == "error" or r.stopped_by == "skipped":
-        note = f"FAILED: {r.error}"
-    elif r.stopped_by in ("time limit", "interrupted"):
-        note = f"stopped by {r.stopped_by}"
-    else:
-        note = ""
     return (
         r.label,
         f"{r.ops}/{r.planned}",
@@ -45,17 +39,32 @@ def _row(r: Result) -> tuple[str, ...]:
         _num(r.p99_ms, 2 if small else 0),
         _num(r.server_cpu, 2),
         _num(r.client_cpu, 2),
-        note,
+        _note(r),
     )
+
+
+def _note(r: Result) -> str:
+    """FAILED or "stopped by", then the row's own note (multipart: parts, complete ms)."""
+    if r.error is not None:
+        head = f"FAILED: {r.error}"
+    elif r.stopped_by in ("time limit", "interrupted"):
+        head = f"stopped by {r.stopped_by}"
+    else:
+        head = ""
+    return "; ".join(x for x in (head, r.note) if x)
 
 
 def summary(r: Result) -> str:
     """One line per finished case, printed above the progress bars as the run goes."""
-    if r.stopped_by in ("error", "skipped"):
+    if r.error is not None:
         return f"[red]{r.label}: FAILED: {r.error}"
+    if r.stopped_by == "skipped":
+        return f"[yellow]{r.label}: {r.note or 'skipped'}"
     text = (f"{r.label}: {r.ops} ops in {r.seconds:.2f} s, {r.mib_s:,.1f} MiB/s, "
             f"{r.ops_s:,.1f} ops/s, p50 {_num(r.p50_ms, 2)} ms, p99 {_num(r.p99_ms, 2)} ms, "
             f"CPU server {_num(r.server_cpu, 2)} client {_num(r.client_cpu, 2)}")
+    if r.note:
+        text += f" ({r.note})"
     return text + (f" [yellow](stopped by {r.stopped_by})" if r.stopped_by != "count" else "")
 
 

@@ -458,7 +458,7 @@ def test_get_coffer_max_count_alias_is_echoed(client, order_coffer):
 
 
 @pytest.mark.parametrize("name", ["max-keys", "max-count"])
-@pytest.mark.parametrize("value", ["0", "1001", "abc", "-1", "1.5", "²", "\uff15"])
+@pytest.mark.parametrize("value", ["0", "1001", "abc", "-1", "1.5", "²", "\uff15", "9" * 5000])
 def test_get_coffer_max_keys_out_of_range(client, order_coffer, name, value):
     message = assert_error(client.get(f"/{order_coffer}", params={name: value}), 400,
                            "InvalidArgument", order_coffer, region=None)
@@ -663,8 +663,6 @@ def test_method_not_allowed(client, coffer, method, path, params, resource):
     ("DELETE", "/{c}", {"policy": ""}),
     ("PUT", "/{c}", {"lifecycle": ""}),
     ("GET", "/{c}", {"lifecycle": ""}),
-    ("POST", "/{c}/k", {"uploadId": "u"}),
-    ("POST", "/{c}/k", {"uploadid": "u"}),
 ])
 def test_later_operations_not_available(client, coffer, method, path, params):
     path = path.format(c=coffer)

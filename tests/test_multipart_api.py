@@ -1,7 +1,7 @@
 """Wire shape of the multipart operations (api.md 13-18) and their errors (errors.md).
 
 InitiateMultipartUpload, UploadPart, ListParts, AbortMultipartUpload, ListMultipartUploads,
-against a real server; CompleteMultipartUpload is not available yet (405).
+against a real server (CompleteMultipartUpload: tests/test_multipart_complete.py).
 """
 
 from __future__ import annotations
@@ -928,19 +928,7 @@ def test_delete_coffer_with_upload_in_progress(client, coffer):
     assert_error(client.get(f"/{coffer}"), 404, "NoSuchCoffer", coffer)
 
 
-# -- routing, and 16. CompleteMultipartUpload (not in this version) -------------------------------
-
-def test_complete_is_not_available_yet(client, coffer):
-    upload_id = initiate(client, coffer, "c")
-    etag = upload_part(client, coffer, "c", upload_id, 1, b"only part")
-    body = ("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>"
-            f"<ETag>{etag}</ETag></Part></CompleteMultipartUpload>")
-    r = client.request("POST", f"/{coffer}/c", params={"uploadId": upload_id}, content=body)
-    message = assert_error(r, 405, "MethodNotAllowed", f"{coffer}/c")
-    assert "not available" in message
-    assert parts_of(list_parts(client, coffer, "c", upload_id)) == [
-        (1, etag, len(b"only part"))]
-
+# -- routing ------------------------------------------------------------------------------------
 
 def test_methods_not_defined(client, coffer):
     # POST to a key without a sub-resource, POST to a coffer, PUT ?uploads on a coffer

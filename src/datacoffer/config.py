@@ -39,6 +39,8 @@ class Settings:
     lease_seconds: int = 10
     #: an upload whose client sends nothing for this long is abandoned, seconds.
     body_timeout: int = 60
+    #: every part of a multipart upload but the last must be at least this large, bytes.
+    min_part_size: int = 1024 * 1024
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -98,6 +100,8 @@ def load(config_file: str | Path | None = None, **flags: Any) -> Settings:
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
-    if min(settings.max_coffers, settings.lease_seconds, settings.body_timeout) < 1:
-        raise ConfigError("max_coffers, lease_seconds and body_timeout must be at least 1")
+    if min(settings.max_coffers, settings.lease_seconds, settings.body_timeout,
+           settings.min_part_size) < 1:
+        raise ConfigError("max_coffers, lease_seconds, body_timeout and min_part_size must be "
+                          "at least 1")
     return settings

@@ -78,7 +78,8 @@ class Installation:
             identities=identities,
             coffers=coffers,
             objects=objects,
-            uploads=Uploads(db, stores, objects, max_part_size=settings.max_object_size),
+            uploads=Uploads(db, stores, objects, max_part_size=settings.max_object_size,
+                            min_part_size=settings.min_part_size),
             is_new=found == 0,
         )
 

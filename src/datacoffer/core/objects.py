@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import anyio
 import sqlalchemy as sa
 
+from datacoffer.core.checksums import multipart_sha256
 from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import STORED, WRITING, Coffer
 from datacoffer.core.identities import Identity
 from datacoffer.core.ingest import write_leased
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffers, object_copies, objects
+from datacoffer.meta.schema import coffers, object_copies, objects, parts, uploads
 from datacoffer.storage.blobs import RegionStore, new_blob_id
 
 log = logging.getLogger("datacoffer.objects")
@@ -85,6 +86,12 @@ _FINISH = objects.update().where(_MINE).values(
     state=STORED, size=sa.bindparam("b_size"), etag=sa.bindparam("b_etag"),
     sha256=sa.bindparam("b_sha256"), content_type=sa.bindparam("b_content_type"),
     created_ms=sa.bindparam("b_created"), holder="", lease_until_ms=0)
+#: The parts that make a completed multipart object, in order.
+_SEGMENTS = (
+    sa.select(parts.c.blob_id, parts.c.size, parts.c.sha256)
+    .join(uploads, uploads.c.upload_id == parts.c.upload_id)
+    .where((uploads.c.object_id == sa.bindparam("object_id")) & (parts.c.state == STORED))
+    .order_by(parts.c.part_number))
 #: A stored object and whether a region holds its copy.
 _HEAD = (
     sa.select(objects, object_copies.c.region.label("held_in"))
@@ -236,22 +243,42 @@ class Objects:
                             resource=f"{coffer.name}/{key}")
         return _row_to_object(row)
 
+    def _layout(self, obj: StoredObject) -> list[tuple[str, int, str]]:
+        """(blob id, size, SHA-256) of the blobs that make the object, in order: one for a
+        simple object, its parts for a multipart one."""
+        if obj.blob_id:
+            return [(obj.blob_id, obj.size, obj.sha256)]
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(_SEGMENTS, {"object_id": obj.id}).all()
+        return [(r.blob_id, r.size, r.sha256) for r in rows]
+
     def read(self, obj: StoredObject, region: str, start: int, length: int) -> Iterator[bytes]:
-        """The bytes [start, start+length); a whole-object read is checked against SHA-256."""
-        chunks = self.stores[region].read(obj.blob_id, start, length)
+        """The bytes [start, start+length); a whole-object read is checked against SHA-256
+        (composite for a multipart object), a range is not (it would need the whole)."""
+        store = self.stores[region]
+        layout = self._layout(obj)
         if start != 0 or length != obj.size:
-            yield from chunks
+            offset, end = 0, start + length
+            for blob_id, size, _ in layout:
+                if offset + size > start and offset < end:
+                    first = max(start, offset) - offset
+                    yield from store.read(blob_id, first, min(end, offset + size) - offset - first)
+                offset += size
             return
         # The last chunk is held back until the hash is checked: were it sent first, the client
         # would have every Content-Length byte, and damaged data would look like a good answer.
-        sha = hashlib.sha256()
         held: bytes | None = None
-        for chunk in chunks:
-            sha.update(chunk)
-            if held is not None:
-                yield held
-            held = chunk
-        if sha.hexdigest() != obj.sha256:
+        digests = []
+        for blob_id, size, _ in layout:
+            sha = hashlib.sha256()
+            for chunk in store.read(blob_id, 0, size):
+                sha.update(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+            digests.append(sha.digest())
+        actual = digests[0].hex() if obj.blob_id else multipart_sha256(digests)
+        if actual != obj.sha256:
             raise CorruptData(f"object {obj.id} in region {region}: SHA-256 mismatch")
         if held is not None:
             yield held

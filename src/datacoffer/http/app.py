@@ -41,6 +41,7 @@ HANDLERS: dict[str, Handler] = {
     "InitiateMultipartUpload": multipart.initiate,
     "UploadPart": multipart.upload_part,
     "ListParts": multipart.list_parts,
+    "CompleteMultipartUpload": multipart.complete,
     "AbortMultipartUpload": multipart.abort,
     "ListMultipartUploads": multipart.list_uploads,
 }

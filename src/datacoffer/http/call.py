@@ -46,7 +46,8 @@ class Call:
         raw = next((self.endpoint.params[n] for n in names if n in self.endpoint.params), None)
         if raw is None:
             return default
-        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        # (at most 9 digits before int(): Python refuses over 4,300, and none is in range)
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
             raise self.fail("InvalidArgument",
                             f"{names[0]} must be a whole number from {low} to {high}.")
         return int(raw)

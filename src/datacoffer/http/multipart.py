@@ -6,15 +6,19 @@ import json
 from typing import Any
 
 import anyio
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError
+from defusedxml.ElementTree import fromstring as defused_fromstring
 from starlette.responses import Response
 
 from datacoffer.core.clock import iso8601
-from datacoffer.core.uploads import COMPLETED, MAX_PART_NUMBER, Upload
+from datacoffer.core.uploads import COMPLETED, MAX_PART_NUMBER, Upload, check_part_list
 from datacoffer.http import xml
+from datacoffer.http.body import read_limited
 from datacoffer.http.call import Call
 from datacoffer.http.coffers import url_encoder
 from datacoffer.http.objects import content_length, content_md5, content_type_of
-from datacoffer.http.service import owner_element
+from datacoffer.http.service import locations_element, owner_element
 from datacoffer.names import check_key, check_marker, check_prefix
 
 
@@ -61,6 +65,53 @@ async def upload_part(call: Call) -> Response:
     part = await call.inst.uploads.upload_part(upload, number, call.request.stream(), length,
                                                md5)
     return Response(b"", headers={"ETag": f'"{part.etag}"'})
+
+
+#: 10,000 parts of about 80 bytes each fit with room to spare.
+MAX_COMPLETE_BODY = 4 * 1024 * 1024
+
+
+def _part_list(call: Call, body: bytes) -> list[tuple[int, str]]:
+    """The (PartNumber, ETag) pairs of a CompleteMultipartUpload body, or InvalidArgument."""
+    def bad(why: str) -> Exception:
+        return call.fail("InvalidArgument", f"The CompleteMultipartUpload body {why}.")
+
+    try:
+        root = defused_fromstring(body, forbid_dtd=True)
+    except (ParseError, DefusedXmlException):
+        raise bad("is not well-formed XML without a DOCTYPE") from None
+    if root.tag != "CompleteMultipartUpload":
+        raise bad("must be a <CompleteMultipartUpload> document")
+    listed = []
+    for part in root.findall("Part"):
+        number, etag = part.findtext("PartNumber"), part.findtext("ETag")
+        if number is None or etag is None:
+            raise bad("has a <Part> without its <PartNumber> and <ETag>")
+        number = number.strip()
+        # (a 0 or a number past the last part is the list's numbering fault, InvalidPart)
+        if not (number.isascii() and number.isdigit() and len(number) <= 5):
+            raise bad(f"has a PartNumber that is not a whole number of at most five digits: "
+                      f"{number[:20]!r}")
+        listed.append((int(number), etag))
+    if not listed:
+        raise bad("lists no part")
+    return listed
+
+
+async def complete(call: Call) -> Response:
+    check_key(call.endpoint.coffer, call.endpoint.key)
+    _upload_id(call)
+    body = await read_limited(call.request, MAX_COMPLETE_BODY, call.endpoint.resource)
+    listed = _part_list(call, body)
+    check_part_list(listed, call.endpoint.resource)
+    upload = await _upload(call)
+    obj = await anyio.to_thread.run_sync(call.inst.uploads.complete, upload, listed)
+    root = xml.new("CompleteMultipartUploadResult")
+    locations_element(root, upload.coffer.locations)
+    xml.sub(root, "Coffer", upload.coffer.name)
+    xml.sub(root, "Key", upload.key)
+    xml.sub(root, "ETag", f'"{obj.etag}"')
+    return Response(xml.render(root), media_type="application/xml")
 
 
 async def list_parts(call: Call) -> Response:

@@ -25,10 +25,18 @@ def _add_multipart(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.uploads, schema.parts])
 
 
+def _widen_checksums(conn: Connection) -> None:
+    """Version 3: room for a multipart object's ETag and composite SHA-256 ("…-10000").
+    SQLite does not enforce VARCHAR lengths, so only other databases need the change."""
+    if conn.dialect.name != "sqlite":
+        for column in ("etag", "sha256"):
+            conn.execute(sa.text(f"ALTER TABLE objects ALTER COLUMN {column} TYPE VARCHAR(80)"))
+
+
 #: Migration N turns schema version N-1 into version N. A new database is created at the
 #: latest version directly from `schema`, so an entry is only needed for a change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_multipart}
-LATEST = 2
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_multipart, 3: _widen_checksums}
+LATEST = 3
 
 
 def _sqlite_setup(engine: Engine) -> None:

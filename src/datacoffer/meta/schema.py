@@ -65,8 +65,9 @@ objects = sa.Table(
     sa.Column("blob_id", sa.String(64), nullable=False),
     sa.Column("content_type", sa.String(256), nullable=False, default=""),
     sa.Column("size", sa.BigInteger, nullable=False, default=0),
-    sa.Column("etag", sa.String(64), nullable=False, default=""),
-    sa.Column("sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("etag", sa.String(80), nullable=False, default=""),
+    #: hex SHA-256; of a multipart object the composite "<sha256 of part digests>-<N>"
+    sa.Column("sha256", sa.String(80), nullable=False, default=""),
     sa.Column("encrypt_type", sa.Integer, nullable=False, default=0),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     #: the writing process ("host:pid:token") and when its reservation lapses
