@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -36,6 +37,7 @@ from tests.serverproc import ServerProcess, SignedClient
 from tests.test_api_coffers import XML_DECLARATION, assert_common, assert_error
 from tests.test_durability import (
     MiB,
+    Own,
     _auth,
     _flip_byte,
     _signed_url,
@@ -196,13 +198,6 @@ def error_code(r: httpx.Response) -> str:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-@dataclass
-class Own:
-    srv: ServerProcess
-    client: SignedClient
-    coffer: str
-
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own]:
@@ -1024,4 +1019,130 @@ def test_ten_thousand_parts(tmp_path):
     finally:
         for one in clients:
             one.close()
+        srv.stop()
+
+
+# -- SIGKILL during CompleteMultipartUpload, and a 2 GiB upload -----------------------------------
+
+def _upload_many(client: SignedClient, coffer: str, key: str, count: int) -> Staged:
+    """An upload of `count` small distinct parts, sent by 8 threads."""
+    upload_id = initiate(client, coffer, key)
+    bodies = {n: f"part {n:05d}|".encode() for n in range(1, count + 1)}
+    with ThreadPoolExecutor(8) as pool:
+        etags = dict(zip(bodies, pool.map(
+            lambda n: upload_part(client, coffer, key, upload_id, n, bodies[n]), bodies),
+            strict=True))
+    return Staged(upload_id, bodies, etags)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02])
+def test_sigkill_during_complete_leaves_it_complete_or_resumable(tmp_path, delay):
+    """Killed while a complete of 600 parts runs: after the restart the upload is either the
+    object (intact, no longer listed) or still listed with every part, and completes then."""
+    srv = ServerProcess(tmp_path / "data", env={"DATACOFFER_MIN_PART_SIZE": "1"})
+    srv.start()
+    try:
+        client = srv.new_client()
+        coffer, key = "killcomplete-1250000000", "k.bin"
+        client.make_coffer(coffer)
+        staged = _upload_many(client, coffer, key, 600)
+        body = complete_xml(staged.listing())
+        worker = threading.Thread(target=lambda: _swallow(
+            lambda: post_complete(client, coffer, key, staged.upload_id, body)))
+        worker.start()
+        time.sleep(delay)
+        srv.kill()
+        worker.join(30)
+        srv.start()
+        whole = b"".join(staged.data())
+        r = client.get(f"/{coffer}/{key}")
+        if r.status_code == 200:
+            assert r.content == whole
+            assert r.headers["x-cdcs-checksum-sha256"] == composite_sha256(staged.data())
+            assert key not in [u["Key"] for u in client.get(
+                f"/{coffer}", params={"uploads": ""}).json()["Upload"]]
+        else:
+            assert_error(r, 404, "ObjectNotExists", f"{coffer}/{key}")
+            assert listed_parts(client, coffer, key, staged) == expected_parts(staged)
+            result_etag(post_complete(client, coffer, key, staged.upload_id, body), coffer, key)
+            assert client.get(f"/{coffer}/{key}").content == whole
+        client.close()
+    finally:
+        srv.stop()
+
+
+def _swallow(call) -> None:
+    """Run a request that the test kills the server under; its failure is expected."""
+    with contextlib.suppress(httpx.TransportError):
+        call()
+
+
+@pytest.mark.slow
+def test_two_gib_upload_completes_without_touching_the_bytes(tmp_path):
+    """2 GiB in 32 parts of 64 MiB, 4 uploaders: the complete call costs milliseconds, not the
+    seconds that copying or re-reading 2 GiB would; the object reads back whole and checked."""
+    part_size, count = 64 * MiB, 32
+    srv = ServerProcess(tmp_path / "data")
+    srv.start()
+    try:
+        client = srv.new_client()
+        coffer, key = "twogib-1250000000", "big.bin"
+        client.make_coffer(coffer)
+        upload_id = initiate(client, coffer, key)
+        block = os.urandom(MiB)
+
+        def body(n: int) -> Iterator[bytes]:  # distinct parts, never a whole part in memory
+            yield n.to_bytes(8, "big") + block[8:]
+            for _ in range(part_size // MiB - 1):
+                yield block
+
+        def digests(n: int) -> tuple[bytes, bytes]:
+            md5, sha = hashlib.md5(), hashlib.sha256()
+            for piece in body(n):
+                md5.update(piece)
+                sha.update(piece)
+            return md5.digest(), sha.digest()
+
+        def send(n: int) -> str:
+            r = client.request("PUT", f"/{coffer}/{key}", params={
+                "partNumber": str(n), "uploadId": upload_id}, content=body(n),
+                headers={"Content-Length": str(part_size)})
+            assert r.status_code == 200, r.text
+            return r.headers["etag"]
+
+        with ThreadPoolExecutor(4) as pool:
+            etags = list(pool.map(send, range(1, count + 1)))
+        started = time.perf_counter()
+        r = complete(client, coffer, key, upload_id, list(zip(range(1, count + 1), etags,
+                                                              strict=True)))
+        took = time.perf_counter() - started
+        etag = result_etag(r, coffer, key)
+        print(f"complete of {count} parts, 2 GiB: {took * 1000:.1f} ms")
+        assert took < 1.0
+        sums = [digests(n) for n in range(1, count + 1)]
+        joined_md5 = hashlib.md5(b"".join(m for m, _ in sums)).hexdigest()
+        assert etag == f'"{joined_md5}-{count}"'
+        received = 0
+        sha_of_parts = []
+        with client.http.stream("GET", f"/{coffer}/{key}",
+                                headers=_auth(client, "GET", f"/{coffer}/{key}")) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-length"] == str(part_size * count)
+            expected_sha = (hashlib.sha256(b"".join(s for _, s in sums)).hexdigest()
+                            + f"-{count}")
+            assert resp.headers["x-cdcs-checksum-sha256"] == expected_sha
+            part_sha = hashlib.sha256()
+            for piece in resp.iter_raw():
+                while piece:
+                    take = min(len(piece), part_size - received % part_size)
+                    part_sha.update(piece[:take])
+                    received += take
+                    piece = piece[take:]
+                    if received % part_size == 0:
+                        sha_of_parts.append(part_sha.digest())
+                        part_sha = hashlib.sha256()
+        assert received == part_size * count
+        assert sha_of_parts == [s for _, s in sums]
+        client.close()
+    finally:
         srv.stop()
