@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import secrets
 import threading
@@ -729,6 +730,32 @@ def ranges(draw: st.DrawFn, size: int, points: list[int]) -> tuple[str, int, int
 def test_ranges_match_the_python_slice(ranged, data):
     header, first, last = data.draw(ranges(len(ranged.data), ranged.boundaries))
     _check_range(ranged, header, first, last)
+
+
+_shapes = itertools.count()
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(SMALL_MIN, SMALL_MIN + 64), min_size=1, max_size=3),
+       last=st.integers(0, 40), data=st.data())
+def test_part_sizes_and_ranges(small, sizes, last, data):
+    """Over drawn part sizes (every part but the last at least min_part_size, the last any
+    size, even empty) and drawn ranges: the object is the parts' concatenation."""
+    c, coffer = small.client, small.coffer
+    key = f"shape-{next(_shapes)}"
+    bodies = {n + 1: os.urandom(size) for n, size in enumerate([*sizes, last])}
+    staged = stage(c, coffer, key, bodies)
+    etag = result_etag(complete(c, coffer, key, staged.upload_id, staged.listing()),
+                       coffer, key)
+    whole = b"".join(staged.data())
+    ends = list(itertools.accumulate(len(b) for b in staged.data()))
+    points = sorted({p for e in [0, *ends] for p in (e - 1, e, e + 1) if 0 <= p < len(whole)})
+    shape = Ranged(c, f"/{coffer}/{key}", whole, etag, points)
+    assert c.get(shape.path).content == whole
+    for _ in range(3):
+        header, first, last_byte = data.draw(ranges(len(whole), points))
+        _check_range(shape, header, first, last_byte)
 
 
 # -- damage in one part ---------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
+import sqlite3
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -517,6 +519,37 @@ def test_stalled_part_is_dropped_and_the_upload_stays_usable(tmp_path):
         assert listed_uploads(client, coffer) == [(key, upload_id)]
         check_error(client.put(f"/{coffer}/{key}", content=b"x"), 409, "ObjectAlreadyUploading")
         assert db_rows(srv.data_dir, "SELECT initiator_uin FROM uploads") == [(OWN_UIN,)]
+        client.close()
+    finally:
+        srv.stop()
+
+
+def test_discarded_part_left_by_a_crash_is_purged_at_start(tmp_path):
+    """A replaced, unlisted or aborted part is first marked discarded, then its file and row
+    go. Staged as a crash between the two (a discarded row whose file is still in blobs/): the
+    next start removes both, and the upload is untouched."""
+    srv = ServerProcess(tmp_path / "data")
+    srv.start()
+    client = new_client(srv)
+    coffer, key = f"mp-purge-{OWN_APP_ID}", "p.bin"
+    client.make_coffer(coffer)
+    upload_id = initiate(client, coffer, key)
+    put_part(client, coffer, key, upload_id, 1, b"kept")
+    srv.stop()
+    blob_id = secrets.token_hex(16)
+    path = srv.data_dir / "regions" / "ap-tianjin" / "blobs" / blob_id[:2] / blob_id
+    path.write_bytes(b"replaced part")
+    db = sqlite3.connect(srv.data_dir / "metadata.db")
+    db.execute("INSERT INTO parts (blob_id, upload_id, part_number, state, size, etag, sha256,"
+               " created_ms, holder, lease_until_ms) VALUES (?, ?, 1, 'discarded', 13, '', '',"
+               " 0, '', 0)", (blob_id, upload_id))
+    db.commit()
+    db.close()
+    srv.start()
+    try:
+        assert not path.exists()
+        assert [state for _, state, _ in part_rows(srv.data_dir, upload_id)] == ["stored"]
+        assert list_parts_xml(client, coffer, key, upload_id) == parts_of({1: b"kept"})
         client.close()
     finally:
         srv.stop()

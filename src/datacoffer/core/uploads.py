@@ -34,8 +34,11 @@ log = logging.getLogger("datacoffer.uploads")
 ACTIVE = "active"
 COMPLETING = "completing"
 COMPLETED = "completed"
-#: aborted, with a part write still streaming: the row goes when that write has cleaned up
+#: aborted: the row goes once its parts' rows are gone
 ABORTED = "aborted"
+#: a part blob that no longer counts (replaced, unlisted at completion, aborted): its file is
+#: removed, then its row, so that a crash in between leaves a row that recovery finishes
+DISCARDED = "discarded"
 MAX_PART_NUMBER = 10000
 
 
@@ -176,8 +179,8 @@ class Uploads:
 
         A part write still streaming keeps its row and its file: removing the file under the
         writer would fail its rename, and removing the row would leave its blob unknown to
-        crash recovery. The upload is marked aborted instead; that write fails at its commit
-        (NoSuchUpload), removes its own blob, and the upload's row goes with it.
+        crash recovery. That write fails at its commit (NoSuchUpload) and removes its own blob;
+        the upload's row, marked aborted, goes when no part row is left.
         """
         now = now_ms()
         with self.db.write() as conn:
@@ -189,16 +192,30 @@ class Uploads:
             streaming = {r.blob_id for r in rows if r.state == WRITING
                          and not self.objects.lapsed(r.holder, r.lease_until_ms, now)}
             gone = [r.blob_id for r in rows if r.blob_id not in streaming]
-            conn.execute(parts.delete().where(parts.c.blob_id.in_(gone)))
-            if streaming:
-                conn.execute(uploads.update().where(uploads.c.upload_id == upload.upload_id)
-                             .values(state=ABORTED))
-            else:
-                conn.execute(uploads.delete().where(uploads.c.upload_id == upload.upload_id))
+            self._discard(conn, gone)
+            conn.execute(uploads.update().where(uploads.c.upload_id == upload.upload_id)
+                         .values(state=ABORTED))
             conn.execute(objects.delete().where((objects.c.id == upload.object_id)
                                                 & (objects.c.state == MULTIPART)))
-        for blob_id in gone:
+        self._purge(gone)
+
+    @staticmethod
+    def _discard(conn: sa.Connection, blob_ids: list[str]) -> None:
+        """In the caller's transaction: these part blobs no longer count."""
+        if blob_ids:
+            conn.execute(parts.update().where(parts.c.blob_id.in_(blob_ids))
+                         .values(state=DISCARDED))
+
+    def _purge(self, blob_ids: list[str]) -> None:
+        """After the discarding transaction: remove the files, then the rows (and aborted
+        uploads left without parts)."""
+        for blob_id in blob_ids:
             self.objects.remove_blob(blob_id)
+        with self.db.write(durable=False) as conn:
+            if blob_ids:
+                conn.execute(parts.delete().where(parts.c.blob_id.in_(blob_ids)
+                                                  & (parts.c.state == DISCARDED)))
+            self._forget_if_aborted(conn)
 
     def _forget_if_aborted(self, conn: sa.Connection) -> None:
         """Remove aborted uploads whose last part write has cleaned up."""
@@ -242,15 +259,14 @@ class Uploads:
             replaced = conn.execute(sa.select(parts.c.blob_id).where(
                 (parts.c.upload_id == upload.upload_id) & (parts.c.part_number == number)
                 & (parts.c.state == STORED))).scalars().all()
-            conn.execute(parts.delete().where(parts.c.blob_id.in_(replaced)))
+            self._discard(conn, replaced)
             result = conn.execute(parts.update().where(_MINE).values(
                 state=STORED, size=digest.size, etag=digest.etag, sha256=digest.sha256,
                 created_ms=created, holder="", lease_until_ms=0),
                 {"part_blob": blob_id, "me": self.objects.holder})
             if result.rowcount != 1:
                 raise RuntimeError(f"part blob {blob_id} was reclaimed during the write")
-        for old in replaced:
-            self.objects.remove_blob(old)
+        self._purge(replaced)
         return Part(number, digest.size, digest.etag, digest.sha256, created, blob_id)
 
     async def upload_part(self, upload: Upload, number: int, body: AsyncIterator[bytes],
@@ -275,9 +291,14 @@ class Uploads:
         return PartsPage(found, truncated, found[-1].number if truncated else 0)
 
     def reclaim_lapsed_parts(self) -> tuple[int, set[str]]:
-        """Discard part writes whose writer is gone; return their count and the live blobs."""
+        """Discard part writes whose writer is gone, and finish purging discarded parts;
+        return how many were reclaimed and the blobs still being written."""
         now = now_ms()
         reclaimed, live = 0, set()
+        with self.db.engine.connect() as conn:
+            discarded = list(conn.execute(sa.select(parts.c.blob_id).where(
+                parts.c.state == DISCARDED)).scalars())
+        self._purge(discarded)
         with self.db.write(durable=False) as conn:
             rows = conn.execute(sa.select(parts.c.blob_id, parts.c.holder,
                                           parts.c.lease_until_ms)
@@ -331,7 +352,7 @@ class Uploads:
             unlisted = [p.blob_id for n, p in stored.items() if n > len(numbers)]
             etag = multipart_etag([bytes.fromhex(p.etag) for p in chosen])
             sha256 = multipart_sha256([bytes.fromhex(p.sha256) for p in chosen])
-            conn.execute(parts.delete().where(parts.c.blob_id.in_(unlisted)))
+            self._discard(conn, unlisted)
             conn.execute(uploads.update().where(uploads.c.upload_id == upload.upload_id)
                          .values(state=COMPLETED))
             conn.execute(objects.update().where(objects.c.id == upload.object_id).values(
@@ -340,8 +361,7 @@ class Uploads:
             conn.execute(object_copies.insert(), {"object_id": upload.object_id,
                                                   "region": upload.coffer.primary,
                                                   "created_ms": created})
-        for blob_id in unlisted:
-            self.objects.remove_blob(blob_id)
+        self._purge(unlisted)
         return StoredObject(id=upload.object_id, key=upload.key, size=size, etag=etag,
                             sha256=sha256, content_type=upload.content_type
                             or DEFAULT_CONTENT_TYPE, created_ms=created,
