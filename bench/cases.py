@@ -191,6 +191,20 @@ class _Tally:
         self.errors.append(exc)
         self.failed.set()
 
+    def record(self, started: float) -> None:
+        """One request done: its latency from `started`, and when it ended."""
+        ended = time.perf_counter()
+        self.latencies.append(ended - started)
+        self.ends.append(ended)
+
+
+def _start_threads(target: Callable[[], None], name: str, count: int) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target, name=f"{name}-{n}", daemon=True)
+               for n in range(count)]
+    for t in threads:
+        t.start()
+    return threads
+
 
 class Runner:
     """Runs cases against one server; remembers the keys written so GET cases can read them."""
@@ -353,9 +367,7 @@ class Runner:
                     t0 = time.perf_counter()
                     etags[i] = client.upload_part(path, upload_id[0], i + 1, exp, buffer,
                                                   on_bytes)
-                    t1 = time.perf_counter()
-                    tally.latencies.append(t1 - t0)
-                    tally.ends.append(t1)
+                    tally.record(t0)
                     self.progress.update(task, ops=str(next(done)))
             except threading.BrokenBarrierError:
                 pass
@@ -364,10 +376,7 @@ class Runner:
             finally:
                 client.close()
 
-        threads = [threading.Thread(target=uploader, name=f"bench-part-{n}", daemon=True)
-                   for n in range(case.clients)]
-        for t in threads:
-            t.start()
+        threads = _start_threads(uploader, "bench-part", case.clients)
         main = SyncClient(self.server.base_url, self.signer)
         completed = False
         cpu0 = self.server.cpu_seconds()
@@ -490,9 +499,7 @@ class Runner:
                         on_put_done(i)
                     else:
                         client.get(path(i), exp, hash_body=case.hash_body, on_bytes=on_bytes)
-                    t1 = time.perf_counter()
-                    tally.latencies.append(t1 - t0)
-                    tally.ends.append(t1)
+                    tally.record(t0)
                     after_op()
             except threading.BrokenBarrierError:
                 pass
@@ -501,10 +508,7 @@ class Runner:
             finally:
                 client.close()
 
-        threads = [threading.Thread(target=worker, name=f"bench-{n}", daemon=True)
-                   for n in range(case.clients)]
-        for t in threads:
-            t.start()
+        threads = _start_threads(worker, "bench", case.clients)
         deadline[0] = time.monotonic() + case.time_limit
         start = time.perf_counter()
         try:
@@ -548,9 +552,7 @@ class Runner:
                     await op
                     if case.op == "put":
                         on_put_done(i)
-                    t1 = time.perf_counter()
-                    tally.latencies.append(t1 - t0)
-                    tally.ends.append(t1)
+                    tally.record(t0)
                     after_op()
             except Exception as exc:
                 tally.fail(exc)
