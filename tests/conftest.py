@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from datacoffer.client import Client
 from tests.serverproc import ServerProcess, SignedClient, free_port
 
 APP_ID = "1250000000"
@@ -57,6 +58,13 @@ def client(server: ServerProcess, account: Account) -> Iterator[SignedClient]:
     c = SignedClient(server.base_url, account.secret_id, account.secret_key)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def sdk(server: ServerProcess, account: Account) -> Iterator[Client]:
+    """The project's own SDK, signed in as the shared account."""
+    with Client(server.base_url, account.secret_id, account.secret_key) as c:
+        yield c
 
 
 @pytest.fixture

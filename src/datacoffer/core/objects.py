@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import anyio
 import sqlalchemy as sa
 
-from datacoffer.core.checksums import multipart_sha256
 from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import STORED, WRITING, Coffer
 from datacoffer.core.identities import Identity
@@ -252,34 +251,39 @@ class Objects:
             rows = conn.execute(_SEGMENTS, {"object_id": obj.id}).all()
         return [(r.blob_id, r.size, r.sha256) for r in rows]
 
+    def segments(self, obj: StoredObject) -> list[tuple[int, int, str]]:
+        """(offset, size, SHA-256) of each part of the object, in order; a simple object is
+        one part."""
+        spans, offset = [], 0
+        for _, size, sha256 in self._layout(obj):
+            spans.append((offset, size, sha256))
+            offset += size
+        return spans
+
     def read(self, obj: StoredObject, region: str, start: int, length: int) -> Iterator[bytes]:
-        """The bytes [start, start+length); a whole-object read is checked against SHA-256
-        (composite for a multipart object), a range is not (it would need the whole)."""
+        """The bytes [start, start+length). Every part that the range covers whole is checked
+        against its SHA-256 (so a whole-object read checks everything); a part read only in
+        pieces cannot be checked."""
         store = self.stores[region]
-        layout = self._layout(obj)
-        if start != 0 or length != obj.size:
-            offset, end = 0, start + length
-            for blob_id, size, _ in layout:
-                if offset + size > start and offset < end:
-                    first = max(start, offset) - offset
-                    yield from store.read(blob_id, first, min(end, offset + size) - offset - first)
-                offset += size
-            return
-        # The last chunk is held back until the hash is checked: were it sent first, the client
-        # would have every Content-Length byte, and damaged data would look like a good answer.
+        # The last chunk is held back until the hashes are checked: were it sent first, the
+        # client would have every Content-Length byte, and damaged data would look good.
         held: bytes | None = None
-        digests = []
-        for blob_id, size, _ in layout:
-            sha = hashlib.sha256()
-            for chunk in store.read(blob_id, 0, size):
-                sha.update(chunk)
-                if held is not None:
-                    yield held
-                held = chunk
-            digests.append(sha.digest())
-        actual = digests[0].hex() if obj.blob_id else multipart_sha256(digests)
-        if actual != obj.sha256:
-            raise CorruptData(f"object {obj.id} in region {region}: SHA-256 mismatch")
+        offset, end = 0, start + length
+        for blob_id, size, sha256 in self._layout(obj):
+            if offset + size > start and offset < end:
+                first = max(start, offset) - offset
+                count = min(end, offset + size) - offset - first
+                check = hashlib.sha256() if count == size else None
+                for chunk in store.read(blob_id, first, count):
+                    if check is not None:
+                        check.update(chunk)
+                    if held is not None:
+                        yield held
+                    held = chunk
+                if check is not None and check.hexdigest() != sha256:
+                    raise CorruptData(f"object {obj.id} in region {region}: SHA-256 mismatch "
+                                      f"in blob {blob_id}")
+            offset += size
         if held is not None:
             yield held
 

@@ -10,6 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from datacoffer.core.clock import rfc1123
 from datacoffer.core.objects import StoredObject
+from datacoffer.core.uploads import MAX_PART_NUMBER
 from datacoffer.errors import CdcsError
 from datacoffer.http.call import Call
 from datacoffer.http.ranges import Unsatisfiable, parse_range
@@ -94,31 +95,75 @@ def _full_headers(obj: StoredObject) -> dict[str, str]:
             "x-cdcs-checksum-sha256": obj.sha256}
 
 
-async def head_object(call: Call) -> Response:
-    obj = await _stored(call)
-    return Response(b"", headers=_full_headers(obj))
+def _part_number(call: Call) -> int | None:
+    """The part named by `?partNumber=N`, or None; checked before the object is looked up
+    (errors.md: request syntax comes before existence)."""
+    value = call.endpoint.params.get("partnumber")
+    if value is None:
+        return None
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and few enough for int()
+    if not (value.isascii() and value.isdigit() and len(value) <= 9) \
+            or not 1 <= int(value) <= MAX_PART_NUMBER:
+        raise call.fail("InvalidArgument", f"partNumber must be 1 to {MAX_PART_NUMBER}.")
+    if "range" in call.request.headers:
+        raise call.fail("InvalidArgument", "partNumber and Range cannot be used together.")
+    return int(value)
 
 
-async def get_object(call: Call) -> Response:
+def _part_span(call: Call, obj: StoredObject, number: int) -> tuple[int, int, dict[str, str]]:
+    """(first, last, extra headers) of part `number` of the object.
+
+    An extension of S3's kind (docs/decisions.md): clients download a multipart object part by
+    part and check each part's SHA-256, which a whole-object checksum of a multipart object
+    (composite) needs.
+    """
+    segments = call.inst.objects.segments(obj)
+    if number > len(segments):
+        raise CdcsError("InvalidRange", f"The object has {len(segments)} parts.",
+                        resource=call.endpoint.resource,
+                        headers={"x-cdcs-mp-parts-count": str(len(segments))})
+    offset, size, sha256 = segments[number - 1]
+    return offset, offset + size - 1, {"x-cdcs-mp-parts-count": str(len(segments)),
+                                       "x-cdcs-part-checksum-sha256": sha256}
+
+
+async def _answer(call: Call, *, body: bool) -> Response:
+    number = _part_number(call)
     obj = await _stored(call)
     headers = _full_headers(obj)
-    try:
-        wanted = parse_range(call.request.headers.get("range"), obj.size)
-    except Unsatisfiable:
-        raise CdcsError("InvalidRange", f"The object is {obj.size} bytes long.",
-                        resource=call.endpoint.resource,
-                        headers={"Content-Range": f"bytes */{obj.size}"}) from None
+    span: tuple[int, int] | None = None
+    if number is not None:
+        first, last, extra = await anyio.to_thread.run_sync(_part_span, call, obj, number)
+        headers.update(extra)
+        span = first, last
+    elif body:
+        try:
+            span = parse_range(call.request.headers.get("range"), obj.size)
+        except Unsatisfiable:
+            raise CdcsError("InvalidRange", f"The object is {obj.size} bytes long.",
+                            resource=call.endpoint.resource,
+                            headers={"Content-Range": f"bytes */{obj.size}"}) from None
     status, start, length = 200, 0, obj.size
-    if wanted is not None:
-        first, last = wanted
+    if span is not None:
+        first, last = span
         status, start, length = 206, first, last - first + 1
         headers["Content-Range"] = f"bytes {first}-{last}/{obj.size}"
         headers["Content-Length"] = str(length)
+    if not body:
+        return Response(b"", status, headers)
     assert call.region is not None
     chunks = call.inst.objects.read(obj, call.region, start, length)
     if length <= SMALL_READ:
         # One worker-thread trip reads (and, whole, verifies) the bytes before any is sent:
         # a damaged small object is an error answer rather than a cut-off connection.
-        body = await anyio.to_thread.run_sync(b"".join, chunks)
-        return Response(body, status, headers)
+        body_bytes = await anyio.to_thread.run_sync(b"".join, chunks)
+        return Response(body_bytes, status, headers)
     return StreamingResponse(chunks, status, headers)
+
+
+async def head_object(call: Call) -> Response:
+    return await _answer(call, body=False)
+
+
+async def get_object(call: Call) -> Response:
+    return await _answer(call, body=True)

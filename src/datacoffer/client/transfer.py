@@ -1,0 +1,362 @@
+"""Whole-file transfers: `upload_file` and `download_file`, parallel, resumable and verified.
+
+Both move bytes in worker threads that share the client's connection pool; neither holds more
+than one chunk (1 MiB) per worker in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datacoffer.client import errors, models
+
+if TYPE_CHECKING:
+    from datacoffer.client.client import Client
+
+MiB = 1024 * 1024
+CHUNK = MiB
+MAX_PARTS = 10_000
+MIN_PART = MiB
+#: How often one part or range is tried again after a checksum mismatch or a broken download.
+PART_ATTEMPTS = 3
+
+#: Told the number of bytes moved since the last call (negative when a retry starts a part
+#: again); called from worker threads.
+Progress = Callable[[int], None]
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """How files move. Measured in docs/performance.md: 16 MiB parts x 4 keep a 2-core server
+    busy; larger parts only add memory on neither side."""
+
+    #: files larger than this are uploaded in parts and downloaded in parallel ranges
+    threshold: int = 64 * MiB
+    #: the size of a part (grown when a file would need more than 10,000 parts)
+    part_size: int = 16 * MiB
+    #: parts or ranges in flight at once
+    concurrency: int = 4
+    #: resume an interrupted multipart upload of the same key (found with ListMultipartUploads)
+    resume: bool = True
+
+    def part_size_for(self, size: int) -> int:
+        return max(self.part_size, MIN_PART, math.ceil(size / MAX_PARTS))
+
+
+def _spans(size: int, part_size: int) -> list[tuple[int, int, int]]:
+    """(number, offset, length) of each part, numbered from 1."""
+    return [(i + 1, off, min(part_size, size - off))
+            for i, off in enumerate(range(0, size, part_size))]
+
+
+def _composite(digests: list[bytes]) -> str:
+    return f"{hashlib.sha256(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def _multipart_etag(md5s: list[bytes]) -> str:
+    return f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
+
+
+class _Hashed:
+    """The chunks of a file span, hashed (MD5 and SHA-256) and reported as they are read.
+
+    Called once per attempt: each call starts the hashes and the progress count afresh."""
+
+    def __init__(self, path: Path, offset: int, length: int, progress: Progress) -> None:
+        self.path, self.offset, self.length, self.progress = path, offset, length, progress
+        self.md5 = hashlib.md5()
+        self.sha256 = hashlib.sha256()
+        self.sent = 0
+
+    def __call__(self) -> Iterator[bytes]:
+        if self.sent:
+            self.progress(-self.sent)
+        self.md5, self.sha256, self.sent = hashlib.md5(), hashlib.sha256(), 0
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            left = self.length
+            while left > 0:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk:
+                    raise errors.DataCofferError(f"{self.path} shrank while it was uploaded")
+                left -= len(chunk)
+                self.md5.update(chunk)
+                self.sha256.update(chunk)
+                self.sent += len(chunk)
+                self.progress(len(chunk))
+                yield chunk
+
+    def digest_all(self) -> None:
+        """Hash the span without sending it (a resumed part is checked this way)."""
+        for _ in self():
+            pass
+
+
+def _run_all(tasks: list[Callable[[], None]], concurrency: int) -> None:
+    """Run the tasks on `concurrency` threads; the first failure cancels what has not started
+    and is raised once the running ones end."""
+    with ThreadPoolExecutor(max_workers=max(1, concurrency),
+                            thread_name_prefix="datacoffer-transfer") as pool:
+        futures: list[Future[None]] = [pool.submit(task) for task in tasks]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            for future in futures:
+                future.cancel()
+            exc = failed.exception()
+            assert exc is not None
+            raise exc
+
+
+def _check(what: str, expected: str, actual: str) -> None:
+    if expected != actual:
+        raise errors.ChecksumMismatch(f"{what}: the server reports {expected!r}, "
+                                      f"the local data gives {actual!r}")
+
+
+# -- upload ----------------------------------------------------------------------------------
+
+def upload_file(client: Client, coffer: str, key: str, path: Path, *,
+                config: TransferConfig | None = None, progress: Progress | None = None,
+                content_type: str | None = None) -> models.TransferResult:
+    """Store `path` at `key`: one PutObject up to `config.threshold`, else a multipart upload
+    with `config.concurrency` parts in flight.
+
+    Verified end to end: a PutObject is sent with its Content-MD5, each part's ETag is checked
+    against the part's MD5, and the stored object's SHA-256 (HeadObject) against the file's.
+    A multipart upload that fails is left in place so that running the same upload again
+    resumes it: parts already stored with the right MD5 are kept (ListParts).
+    """
+    config = config or TransferConfig()
+    progress = progress or _ignore
+    size = path.stat().st_size
+    if size <= config.threshold:
+        return _put(client, coffer, key, path, size, progress, content_type)
+    return _multipart(client, coffer, key, path, size, config, progress, content_type)
+
+
+def _put(client: Client, coffer: str, key: str, path: Path, size: int, progress: Progress,
+         content_type: str | None) -> models.TransferResult:
+    local = _Hashed(path, 0, size, _ignore)
+    local.digest_all()
+    md5_b64 = base64.b64encode(local.md5.digest()).decode()
+    body = _Hashed(path, 0, size, progress)
+    result = client.put_object(coffer, key, body, length=size,
+                               content_type=content_type, content_md5=md5_b64)
+    _check(f"ETag of {key}", result.etag, local.md5.hexdigest())
+    info = client.head_object(coffer, key)
+    _check(f"SHA-256 of {key}", info.sha256, local.sha256.hexdigest())
+    return models.TransferResult(coffer, key, size, result.etag, info.sha256, parts=1)
+
+
+def _find_upload(client: Client, coffer: str, key: str) -> models.Upload | None:
+    """The upload in progress for exactly this key (a key has at most one)."""
+    return next((u for u in client.iter_uploads(coffer, prefix=key) if u.key == key), None)
+
+
+def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
+               config: TransferConfig, progress: Progress,
+               content_type: str | None) -> models.TransferResult:
+    part_size = config.part_size_for(size)
+    upload = _find_upload(client, coffer, key) if config.resume else None
+    stored: dict[int, models.Part] = {}
+    if upload is None:
+        upload = client.initiate_multipart_upload(coffer, key, content_type=content_type)
+    else:
+        stored = {p.number: p for p in client.iter_parts(coffer, key, upload.upload_id)}
+        first = stored.get(1)
+        if first is not None and MIN_PART <= first.size < size:
+            part_size = first.size  # the interrupted run's part size
+    spans = _spans(size, part_size)
+    if len(spans) > MAX_PARTS:
+        raise ValueError(f"{size} bytes in {part_size}-byte parts is over {MAX_PARTS} parts")
+    md5s: dict[int, bytes] = {}
+    sha256s: dict[int, bytes] = {}
+    resumed = 0
+    lock = threading.Lock()
+
+    def send(number: int, offset: int, length: int) -> None:
+        nonlocal resumed
+        source = _Hashed(path, offset, length, progress)
+        old = stored.get(number)
+        if old is not None and old.size == length:
+            source.digest_all()
+            if source.md5.hexdigest() == old.etag:
+                md5s[number], sha256s[number] = source.md5.digest(), source.sha256.digest()
+                with lock:
+                    resumed += 1
+                return
+        for attempt in range(PART_ATTEMPTS):
+            part = client.upload_part(coffer, key, upload.upload_id, number, source,
+                                      length=length)
+            if part.etag == source.md5.hexdigest():
+                md5s[number], sha256s[number] = source.md5.digest(), source.sha256.digest()
+                return
+            if attempt + 1 == PART_ATTEMPTS:
+                _check(f"ETag of part {number} of {key}", part.etag, source.md5.hexdigest())
+
+    _run_all([lambda s=s: send(*s) for s in spans], config.concurrency)
+    order = [n for n, _, _ in spans]
+    parts = [models.Part(n, md5s[n].hex(), length) for n, _, length in spans]
+    etag = _multipart_etag([md5s[n] for n in order])
+    try:
+        client.complete_multipart_upload(coffer, key, upload.upload_id, parts)
+    except errors.BY_CODE["MultipartAlreadyCompleted"]:
+        pass  # an earlier run completed it; the checks below tell whether with these bytes
+    except errors.TransportError as lost:
+        # the answer was lost: the object exists if the complete was done
+        try:
+            client.head_object(coffer, key)
+        except errors.NotFound:
+            raise lost from None
+    info = client.head_object(coffer, key)
+    _check(f"ETag of {key}", info.etag, etag)
+    _check(f"SHA-256 of {key}", info.sha256, _composite([sha256s[n] for n in order]))
+    return models.TransferResult(coffer, key, size, etag, info.sha256, parts=len(spans),
+                                 resumed_parts=resumed)
+
+
+# -- download --------------------------------------------------------------------------------
+
+def download_file(client: Client, coffer: str, key: str, path: Path, *,
+                  config: TransferConfig | None = None,
+                  progress: Progress | None = None) -> models.TransferResult:
+    """Fetch an object into `path`, verified against its `x-cdcs-checksum-sha256`.
+
+    A multipart object is fetched part by part (GetObject `partNumber`), each part checked
+    against its own SHA-256 and the whole against the composite; a large simple object in
+    parallel ranges, hashed in order as they land. The bytes go to a hidden file beside
+    `path`, which replaces `path` only once verified and flushed to disk; a failed download
+    leaves nothing behind.
+    """
+    config = config or TransferConfig()
+    progress = progress or _ignore
+    info = client.head_object(coffer, key, part_number=1)
+    tmp = path.with_name(f".{path.name}.datacoffer-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, info.size)
+        count = info.parts_count or 1
+        if count > 1 or info.multipart:
+            parts = count
+            _download_parts(client, coffer, key, fd, info, count, config, progress)
+        else:
+            part_size = config.part_size if info.size > config.threshold else info.size
+            spans = _spans(info.size, part_size)
+            parts = len(spans)
+            _download_ranges(client, coffer, key, fd, info, spans, config, progress)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return models.TransferResult(coffer, key, info.size, info.etag, info.sha256, parts=parts)
+
+
+def _fetch(client: Client, coffer: str, key: str, fd: int, progress: Progress, *,
+           byte_range: tuple[int, int] | None = None,
+           part_number: int | None = None) -> tuple[bytes, str | None]:
+    """Write one range or part at its offset in `fd`; its SHA-256 and the part's SHA-256 as
+    the server reports it. Retried from the start on a broken connection."""
+    for attempt in range(PART_ATTEMPTS):
+        written = 0
+        sha = hashlib.sha256()
+        try:
+            with client.get_object(coffer, key, byte_range=byte_range,
+                                   part_number=part_number) as reader:
+                offset = reader.span[0]
+                for chunk in reader.iter_bytes():
+                    os.pwrite(fd, chunk, offset + written)
+                    sha.update(chunk)
+                    written += len(chunk)
+                    progress(len(chunk))
+                if written != reader.span[1] - reader.span[0] + 1:
+                    raise errors.TransportError("the download ended early")
+                return sha.digest(), reader.info.part_sha256
+        except errors.TransportError:
+            progress(-written)
+            if attempt + 1 == PART_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _download_parts(client: Client, coffer: str, key: str, fd: int, info: models.ObjectInfo,
+                    count: int, config: TransferConfig, progress: Progress) -> None:
+    digests: dict[int, bytes] = {}
+
+    def one(number: int) -> None:
+        digest, expected = _fetch(client, coffer, key, fd, progress, part_number=number)
+        _check(f"SHA-256 of part {number} of {key}", expected or "", digest.hex())
+        digests[number] = digest
+
+    _run_all([lambda n=n: one(n) for n in range(1, count + 1)], config.concurrency)
+    actual = _composite([digests[n] for n in range(1, count + 1)])
+    _check(f"SHA-256 of {key}", info.sha256, actual)
+
+
+def _download_ranges(client: Client, coffer: str, key: str, fd: int, info: models.ObjectInfo,
+                     spans: list[tuple[int, int, int]], config: TransferConfig,
+                     progress: Progress) -> None:
+    landed = [threading.Event() for _ in spans]
+    failed = threading.Event()
+
+    def one(index: int, offset: int, length: int) -> None:
+        try:
+            _fetch(client, coffer, key, fd, progress,
+                   byte_range=(offset, offset + length - 1) if len(spans) > 1 else None)
+        except BaseException:
+            failed.set()
+            raise
+        landed[index].set()
+
+    def hash_in_order() -> None:
+        # the object's SHA-256 is sequential: hash each range once it and all before it landed
+        sha = hashlib.sha256()
+        for index, (_, offset, length) in enumerate(spans):
+            while not landed[index].wait(0.1):
+                if failed.is_set():
+                    return
+            for pos in range(offset, offset + length, CHUNK):
+                sha.update(os.pread(fd, min(CHUNK, offset + length - pos), pos))
+        _check(f"SHA-256 of {key}", info.sha256, sha.hexdigest())
+
+    tasks = [lambda i=i, s=s: one(i, s[1], s[2]) for i, s in enumerate(spans)]
+    _run_all([hash_in_order, *tasks], config.concurrency + 1)
+
+
+# -- comparing -------------------------------------------------------------------------------
+
+def same_content(client: Client, coffer: str, key: str, path: Path) -> bool:
+    """Whether the stored object holds exactly the bytes of the local file, by its ETag: the
+    file is hashed in the object's own part size (HeadObject with partNumber=1 tells it)."""
+    info = client.head_object(coffer, key, part_number=1)
+    if not path.is_file() or path.stat().st_size != info.size:
+        return False
+    if not info.multipart:
+        local = _Hashed(path, 0, info.size, _ignore)
+        local.digest_all()
+        return local.md5.hexdigest() == info.etag
+    md5s = []
+    for _, offset, length in _spans(info.size, info.part_size or info.size):
+        local = _Hashed(path, offset, length, _ignore)
+        local.digest_all()
+        md5s.append(local.md5.digest())
+    return _multipart_etag(md5s) == info.etag
