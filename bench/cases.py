@@ -1,13 +1,21 @@
 """The benchmark cases and the loops that run them.
 
 Every loop is bounded twice: by a count of operations and by a time limit (checked before each
-new operation; an operation in flight is bounded by the client's timeouts). Latencies are taken
-per operation; the wall time of a case runs from the moment all its clients are ready to the
-end of its last operation.
+new operation; an operation in flight is bounded by the client's timeouts, and an SDK transfer
+also by the time limit itself, checked at every MiB). Latencies are taken per operation; the
+wall time of a case runs from the moment all its clients are ready to the end of its last
+operation.
 
-The multipart case is run differently (`Runner._run_multipart`): one object, initiated,
-uploaded in parts by several uploader threads, completed, then read back by one client; it
-gives two result rows, the upload (initiate to complete) and the download.
+Two clients move the bytes:
+
+- the raw client (bench/client.py) for the 4 KiB, 1 MiB and 64 MiB cases: one signed request per
+  operation from a reused in-memory buffer, so that those cases measure the server's
+  per-request path;
+- the project's SDK (`datacoffer.client`, bench/sdk.py) for the large objects: `upload_file`
+  from a real file of random bytes and `download_file` into a real file, verified by the SDK
+  and checked again by the bench. The 1 GiB case sends each object in one PutObject and reads it
+  in one GET; the multipart case uploads one object in parts, several at once, and reads it back
+  part by part.
 """
 
 from __future__ import annotations
@@ -16,44 +24,59 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from bench.client import (
+    TIMEOUT,
     AsyncClient,
     BenchError,
     Expected,
-    ExpectedParts,
     Signer,
     SyncClient,
-    TimeLimitReached,
     expected,
-    expected_parts,
-    new_part_buffer,
+)
+from bench.sdk import (
+    Meter,
+    MeteredClient,
+    Source,
+    Stop,
+    ceiling,
+    new_client,
+    sdk_work,
+    write_source,
 )
 from bench.server import BenchServer
+from datacoffer.client import TransferConfig
+from datacoffer.client.models import TransferResult
 
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 #: Objects up to this size are measured in operations per second, larger ones in MiB/s.
 SMALL = 64 * KIB
-#: Downloads up to this size are hashed by the client too (SHA-256), larger ones only counted
-#: (and checked against the server's x-cdcs-checksum-sha256, which the server itself verifies
-#: while reading): hashing 1 MiB on the client would sit on the single-client critical path.
+#: Downloads up to this size are hashed by the raw client too (SHA-256), larger ones only
+#: counted (and checked against the server's x-cdcs-checksum-sha256, which the server itself
+#: verifies while reading): hashing on the client would sit on the single-client critical path.
 HASH_LIMIT = SMALL
 READY_TIMEOUT = 60.0
 
 Mode = Literal["threads", "async"]
 
-#: The multipart case: (object size, part size, uploader threads, time limit of each of its
-#: two phases, upload and download, in seconds).
+#: The large objects sent whole through the SDK, one PutObject / one GET each: (object size,
+#: objects, time limit of each of the PUT and GET cases in seconds).
+SDK_SINGLE_FULL = (GIB, 2, 600.0)
+SDK_SINGLE_QUICK = (128 * MIB, 2, 30.0)
+#: The multipart case, through the SDK: (object size, part size, parts in flight, time limit of
+#: each of its two cases, upload and download, in seconds).
 MULTIPART_FULL = (4 * GIB, 64 * MIB, 4, 600.0)
 MULTIPART_QUICK = (256 * MIB, 64 * MIB, 4, 30.0)
 
@@ -61,14 +84,18 @@ MULTIPART_QUICK = (256 * MIB, 64 * MIB, 4, 30.0)
 @dataclass(frozen=True)
 class Case:
     name: str
-    op: Literal["put", "get", "multipart"]
-    #: the object size (for multipart: the whole object, `count` parts of `part_size`)
+    op: Literal["put", "get"]
     size: int
-    #: operations to run (for multipart: parts to upload)
+    #: operations to run (SDK cases: files to upload or download)
     count: int
+    #: threads (or tasks) running the case's loop; an SDK case has one, the SDK's own threads
+    #: are `sdk.concurrency`
     clients: int
     time_limit: float
-    part_size: int = 0
+    #: the objects a PUT case writes and its GET case reads
+    store: str
+    #: None: the raw client; else the bytes move through the SDK with this configuration
+    sdk: TransferConfig | None = None
 
     @property
     def small(self) -> bool:
@@ -76,16 +103,41 @@ class Case:
 
     @property
     def hash_body(self) -> bool:
-        return self.op == "get" and self.size <= HASH_LIMIT
+        return self.sdk is None and self.op == "get" and self.size <= HASH_LIMIT
+
+    @property
+    def multipart(self) -> bool:
+        return self.sdk is not None and self.size > self.sdk.threshold
+
+    @property
+    def part_size(self) -> int:
+        """The part size of a multipart case (0 otherwise)."""
+        return self.sdk.part_size_for(self.size) if self.sdk and self.multipart else 0
+
+    @property
+    def parts(self) -> int:
+        """Parts per object: what the SDK's TransferResult.parts must say."""
+        return math.ceil(self.size / self.part_size) if self.multipart else 1
+
+    @property
+    def streams(self) -> int:
+        """Requests in flight at once."""
+        return self.sdk.concurrency if self.sdk is not None else self.clients
+
+    @property
+    def kind(self) -> str:
+        return "multipart" if self.multipart and self.op == "put" else self.op
 
     @property
     def label(self) -> str:
-        return f"{self.op.upper()} {size_label(self.size)} x{self.clients}"
-
-    @property
-    def get_label(self) -> str:
-        """The multipart case's second row: reading the object back with one client."""
-        return f"GET {size_label(self.size)} x1 (multipart)"
+        size = size_label(self.size)
+        if self.sdk is None:
+            return f"{self.op.upper()} {size} x{self.clients}"
+        if not self.multipart:
+            return f"{self.op.upper()} {size} x{self.streams} (SDK)"
+        if self.op == "put":
+            return f"MULTIPART {size} x{self.streams} (SDK)"
+        return f"GET {size} x{self.streams} (SDK, by part)"
 
 
 def size_label(size: int) -> str:
@@ -99,25 +151,37 @@ def _slug(size: int) -> str:
     return size_label(size).replace(" ", "").lower()
 
 
+def _put_get(tail: str, size: int, count: int, clients: int, limit: float, store: str,
+             sdk: TransferConfig | None = None) -> list[Case]:
+    """A PUT case and the GET case that reads what it wrote."""
+    return [Case(f"{op}-{tail}", op, size, count, clients, limit, store, sdk)
+            for op in ("put", "get")]
+
+
 def plan(*, quick: bool) -> list[Case]:
     """The cases in run order: each GET case reads the objects its PUT case just wrote."""
     if quick:
-        big = [(MIB, 16, 20.0), (64 * MIB, 2, 30.0)]
+        raw = [(MIB, 16, 20.0), (64 * MIB, 2, 30.0)]
         small = [(1, 200, 10.0), (16, 400, 10.0)]
+        single, multipart = SDK_SINGLE_QUICK, MULTIPART_QUICK
     else:
-        big = [(MIB, 64, 120.0), (64 * MIB, 8, 300.0), (GIB, 2, 600.0)]
+        raw = [(MIB, 64, 120.0), (64 * MIB, 8, 300.0)]
         small = [(1, 2000, 60.0), (16, 2000, 60.0)]
+        single, multipart = SDK_SINGLE_FULL, MULTIPART_FULL
     cases: list[Case] = []
-    for size, count, limit in big:
-        for op in ("put", "get"):
-            cases.append(Case(f"{op}-{_slug(size)}", op, size, count, 1, limit))
+    for size, count, limit in raw:
+        cases += _put_get(_slug(size), size, count, 1, limit, _slug(size))
+    size, count, limit = single
+    cases += _put_get(_slug(size), size, count, 1, limit, f"sdk-{_slug(size)}",
+                      TransferConfig(threshold=size, concurrency=1))
     for clients, count, limit in small:
-        for op in ("put", "get"):
-            cases.append(Case(f"{op}-4kib-c{clients}", op, 4 * KIB, count, clients, limit))
+        cases += _put_get(f"4kib-c{clients}", 4 * KIB, count, clients, limit, "4kib")
     # Last: the cases before it run as they always have, not after 4 GiB more was written.
-    size, part_size, uploaders, limit = MULTIPART_QUICK if quick else MULTIPART_FULL
-    cases.append(Case(f"multipart-{_slug(size)}", "multipart", size, size // part_size,
-                      uploaders, limit, part_size))
+    size, part_size, concurrency, limit = multipart
+    name = f"multipart-{_slug(size)}"
+    config = TransferConfig(threshold=part_size, part_size=part_size, concurrency=concurrency)
+    cases.append(Case(name, "put", size, 1, 1, limit, name, config))
+    cases.append(Case(f"{name}-get", "get", size, 1, 1, limit, name, config))
     return cases
 
 
@@ -130,6 +194,8 @@ class Result:
     clients: int
     planned: int
     mode: str
+    #: "raw" (bench/client.py) or "sdk" (datacoffer.client)
+    client: str = "raw"
     ops: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -142,12 +208,26 @@ class Result:
     #: CPU cores busy on average during the case (1.0 = one core fully used).
     server_cpu: float | None = None
     client_cpu: float | None = None
+    #: CPU seconds (user+system) used during the case, and per GiB of object data moved
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+    server_cpu_s_gib: float | None = None
+    client_cpu_s_gib: float | None = None
     verified: str = ""
     stopped_by: str = ""
     error: str | None = None
     #: multipart rows only: the part size, and the CompleteMultipartUpload call's own latency
     part_size: int | None = None
     complete_ms: float | None = None
+    #: SDK rows only: the client-side ceiling (the SDK's per-byte work for one transfer of this
+    #: case timed alone: MiB/s, seconds, what was timed), the mean seconds per transfer before
+    #: the first byte moved and after the last, and parts or ranges the SDK started again
+    ceiling_mib_s: float | None = None
+    ceiling_s: float | None = None
+    ceiling_work: str = ""
+    before_first_byte_s: float | None = None
+    after_last_byte_s: float | None = None
+    retries: int = 0
     #: shown in the Note column after any failure or stop
     note: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -186,6 +266,8 @@ class _Tally:
         self.ends: list[float] = []
         self.errors: list[BaseException] = []
         self.failed = threading.Event()
+        #: time.monotonic() after which no new operation starts (set when the clients start)
+        self.deadline = math.inf
 
     def fail(self, exc: BaseException) -> None:
         self.errors.append(exc)
@@ -198,6 +280,21 @@ class _Tally:
         self.ends.append(ended)
 
 
+@dataclass(frozen=True)
+class _Cpu:
+    """CPU seconds (user+system) used so far by the server process and by this process."""
+
+    server: float | None
+    client: float
+
+
+def _mismatches(what: str, checks: list[tuple[str, object, object]]) -> None:
+    """Raise BenchError naming every (name, got, expected) that differs."""
+    wrong = [f"{name} {got!r}, expected {want!r}" for name, got, want in checks if got != want]
+    if wrong:
+        raise BenchError(f"{what}: " + "; ".join(wrong))
+
+
 def _start_threads(target: Callable[[], None], name: str, count: int) -> list[threading.Thread]:
     threads = [threading.Thread(target=target, name=f"{name}-{n}", daemon=True)
                for n in range(count)]
@@ -206,17 +303,28 @@ def _start_threads(target: Callable[[], None], name: str, count: int) -> list[th
     return threads
 
 
+#: An operation (given its number) and what to call when the worker that ran it ends.
+Op = Callable[[int], None]
+NewOp = Callable[[], tuple[Op, Callable[[], None]]]
+
+
 class Runner:
     """Runs cases against one server; remembers the keys written so GET cases can read them."""
 
     def __init__(self, server: BenchServer, progress: Progress, *, mode: Mode) -> None:
-        assert server.account is not None
+        assert server.account is not None and server.root is not None
         self.server = server
         self.progress = progress
         self.mode: Mode = mode
         self.signer = Signer(server.host_header, server.account)
         self.coffer = f"bench{secrets.token_hex(3)}-{server.account.app_id}"
-        self.stored: dict[int, list[str]] = {}
+        #: the keys each store's PUT case wrote (Case.store), and the stores whose PUT case ran
+        self.stored: dict[str, list[str]] = {}
+        self.ran: set[str] = set()
+        #: what the SDK's upload_file returned for each key it stored
+        self.uploads: dict[str, TransferResult] = {}
+        #: the SDK cases' files: sources and downloads, removed at the end of each case
+        self.files = server.root / "files"
         self._expected: dict[int, Expected] = {}
         self.stop = threading.Event()
 
@@ -230,33 +338,52 @@ class Runner:
         finally:
             client.close()
 
+    def say(self, text: str) -> None:
+        self.progress.console.print(f"[dim]{text}")
+
     def expected(self, size: int) -> Expected:
         if size not in self._expected:
+            if size >= 64 * MIB:
+                self.say(f"hashing the {size_label(size)} body once, to verify what the "
+                         "server returns")
             self._expected[size] = expected(size)
         return self._expected[size]
 
+    def _cpu(self) -> _Cpu:
+        return _Cpu(self.server.cpu_seconds(), time.process_time())
+
+    def _task(self, case: Case) -> TaskID:
+        return self.progress.add_task(case.label, total=case.count * case.size, ops="0",
+                                      planned=str(case.count))
+
     # -- one case ------------------------------------------------------------------------------
 
-    def run(self, case: Case) -> list[Result]:
-        """Run one case: one result row, two for the multipart case (upload, download)."""
-        if case.op == "multipart":
-            return self._run_multipart(case)
-        return [self._run_simple(case)]
+    def run(self, case: Case) -> Result:
+        result = Result(case.name, case.label, case.kind, case.size, case.streams, case.count,
+                        self.mode if case.sdk is None else "threads",
+                        "raw" if case.sdk is None else "sdk")
+        keys = self.stored.setdefault(case.store, [])
+        if case.op == "put":
+            self.ran.add(case.store)
+        elif not keys:
+            result.stopped_by = "skipped"
+            if case.store in self.ran:  # the PUT row says why
+                result.note = "skipped: its PUT case stored no object"
+            else:
+                result.error = "no objects of this kind were stored (run its PUT case too)"
+            return result
+        if case.sdk is None:
+            self._run_raw(case, result, keys)
+        else:
+            self._run_sdk(case, case.sdk, result, keys)
+        return result
 
-    def _run_simple(self, case: Case) -> Result:
-        result = Result(case.name, case.label, case.op, case.size, case.clients, case.count,
-                        self.mode)
+    def _run_raw(self, case: Case, result: Result, keys: list[str]) -> None:
         result.verified = ("ETag = MD5 of the body" if case.op == "put" else
                            "size, x-cdcs-checksum-sha256" + (", SHA-256 of the body"
                                                              if case.hash_body else ""))
-        keys = self.stored.setdefault(case.size, [])
-        if case.op == "get" and not keys:
-            result.error = "no objects of this size were stored (its PUT case failed)"
-            result.stopped_by = "skipped"
-            return result
         exp = self.expected(case.size)
-        task = self.progress.add_task(case.label, total=case.count * case.size, ops="0",
-                                      planned=str(case.count))
+        task = self._task(case)
         done = itertools.count(1)
 
         def after_op() -> None:
@@ -274,34 +401,36 @@ class Runner:
         def on_put_done(i: int) -> None:
             keys.append(f"{case.name}/{tag}/{i:07d}")
 
+        def new_op() -> tuple[Op, Callable[[], None]]:
+            client = SyncClient(self.server.base_url, self.signer)
+
+            def op(i: int) -> None:
+                if case.op == "put":
+                    client.put(path(i), exp, on_bytes)
+                    on_put_done(i)
+                else:
+                    client.get(path(i), exp, hash_body=case.hash_body, on_bytes=on_bytes)
+            return op, client.close
+
         tally = _Tally()
-        cpu0 = self.server.cpu_seconds()
-        proc0 = time.process_time()
+        before = self._cpu()
         try:
             if self.mode == "threads":
-                start = self._run_threads(case, exp, path, on_bytes, on_put_done, after_op,
-                                          tally)
+                start = self._run_threads(case, new_op, after_op, tally)
             else:
                 start = _run_coroutine(self._run_async(case, exp, path, on_bytes, on_put_done,
                                                        after_op, tally))
         finally:
             self.progress.update(task, description=f"[dim]{case.label}")
-        cpu1 = self.server.cpu_seconds()
-        proc1 = time.process_time()
+        after = self._cpu()
         self._finish(result, case, start, tally)
-        if result.seconds > 0:
-            if cpu0 is not None and cpu1 is not None:
-                result.server_cpu = (cpu1 - cpu0) / result.seconds
-            result.client_cpu = (proc1 - proc0) / result.seconds
-        return result
+        _set_rates(result, before, after)
 
     def _finish(self, result: Result, case: Case, start: float, tally: _Tally) -> None:
+        """Operations, bytes, time, latencies and how the case ended (not the rates)."""
         result.ops = len(tally.latencies)
         result.bytes = result.ops * case.size
         result.seconds = (max(tally.ends) - start) if tally.ends else 0.0
-        if result.seconds > 0:
-            result.mib_s = result.bytes / MIB / result.seconds
-            result.ops_s = result.ops / result.seconds
         _set_latencies(result, tally.latencies)
         if tally.errors:
             result.error = f"{type(tally.errors[0]).__name__}: {tally.errors[0]}"
@@ -313,210 +442,165 @@ class Runner:
         else:
             result.stopped_by = "time limit"
 
-    # -- multipart: initiate, parts from N uploader threads, complete, GET ---------------------
+    # -- the SDK: upload_file / download_file of real files ------------------------------------
 
-    def _run_multipart(self, case: Case) -> list[Result]:
-        """Upload one object in `case.count` parts with `case.clients` uploader threads (one
-        httpx.Client each, whatever --mode says), complete it, then read it back with one
-        client. Each phase is bounded by `case.time_limit`."""
-        up = Result(case.name, case.label, case.op, case.size, case.clients, case.count,
-                    "threads", part_size=case.part_size)
-        up.verified = ("ETag of each part = its MD5; object ETag = MD5 of the parts' MD5s "
-                       "+ '-N'")
-        down = Result(f"{case.name}-get", case.get_label, "get", case.size, 1, 1, "threads",
-                      part_size=case.part_size)
-        down.verified = ("size, ETag, composite x-cdcs-checksum-sha256 (from the SHA-256 of "
-                         "each part sent)")
-        exp = expected_parts(case.part_size, case.count)
-        path = f"/{self.coffer}/{case.name}/{secrets.token_hex(2)}/object"
-        if self._upload_multipart(case, exp, path, up):
-            self._download_multipart(case, exp, path, down)
+    def _run_sdk(self, case: Case, config: TransferConfig, result: Result,
+                 keys: list[str]) -> None:
+        """Upload one source file `case.count` times, or download the PUT case's objects into
+        files, with the SDK; then time the SDK's own hashing of such a transfer alone (the
+        client-side ceiling). The case's files are removed at the end."""
+        assert self.server.account is not None
+        result.part_size = case.part_size or None
+        if case.op == "put":
+            result.verified = ("SDK: ETag = MD5 of each part/the file, HEAD SHA-256 = the "
+                               "file's; bench: size, parts, SHA-256 = the one computed when the "
+                               "file was written")
         else:
-            down.stopped_by = "skipped"
-            down.note = ("skipped: the upload failed" if up.error else
-                         f"skipped: the upload was not completed ({up.stopped_by})")
-        return [up, down]
-
-    def _upload_multipart(self, case: Case, exp: ExpectedParts, path: str,
-                          result: Result) -> bool:
-        """Fill `result` with the upload's numbers; True when the object was completed."""
-        task = self.progress.add_task(case.label, total=case.size, ops="0",
-                                      planned=str(case.count))
-        claims = _Claims(case.count)
-        ready = threading.Barrier(case.clients + 1)
-        tally = _Tally()
-        etags: list[str] = [""] * case.count
-        upload_id = [""]
-        deadline = [0.0]
-        done = itertools.count(1)
-
-        def on_bytes(n: int) -> None:
-            self.progress.advance(task, n)
-
-        def uploader() -> None:
-            client = SyncClient(self.server.base_url, self.signer)
-            buffer = new_part_buffer()  # this uploader's one reused buffer
+            result.verified = ("SDK: SHA-256 of each part and of the whole; bench: size on "
+                               "disk, parts, SHA-256 and ETag = the upload's")
+        self.files.mkdir(exist_ok=True)
+        made: list[Path] = []  # removed at the end, whatever happens
+        try:
+            source = None
+            if case.op == "put":
+                self.say(f"writing the {size_label(case.size)} source file of {case.label} "
+                         "(random bytes, fsynced) and hashing it, outside the timed part")
+                made.append(self.files / f"{case.name}.bin")
+                source = write_source(made[-1], case.size, case.part_size or None)
+            client = new_client(self.server.base_url, self.server.host_header,
+                                self.server.account.secret_id, self.server.account.secret_key,
+                                TIMEOUT.read or 300.0)
             try:
-                ready.wait(READY_TIMEOUT)
-                while not (self.stop.is_set() or tally.failed.is_set()):
-                    if time.monotonic() >= deadline[0]:
-                        return
-                    i = claims.take()
-                    if i is None:
-                        return
-                    t0 = time.perf_counter()
-                    etags[i] = client.upload_part(path, upload_id[0], i + 1, exp, buffer,
-                                                  on_bytes)
-                    tally.record(t0)
-                    self.progress.update(task, ops=str(next(done)))
-            except threading.BrokenBarrierError:
-                pass
-            except Exception as exc:
-                tally.fail(exc)
+                meter = self._sdk_loop(case, config, result, keys, client, source, made)
             finally:
                 client.close()
+            first, last = meter.averages()
+            result.before_first_byte_s, result.after_last_byte_s = first, last
+            result.retries = meter.retries
+            if case.multipart and case.op == "get":
+                result.note = f"{case.parts} parts by partNumber, {case.streams} in flight"
+            if meter.retries:
+                result.note = "; ".join(x for x in (result.note, f"{meter.retries} parts or "
+                                                    "ranges sent again") if x)
+            existing = [p for p in made if p.exists()]
+            if existing and result.error is None and not self.stop.is_set():
+                work = sdk_work(case.op, case.size, config)
+                result.ceiling_work = "; ".join(p.describe() for p in work)
+                self.say(f"timing the SDK's own hashing for {case.label} alone: "
+                         f"{result.ceiling_work}")
+                result.ceiling_mib_s, result.ceiling_s = ceiling(existing[-1], case.size, work)
+        finally:
+            for p in made:
+                p.unlink(missing_ok=True)
 
-        threads = _start_threads(uploader, "bench-part", case.clients)
-        main = SyncClient(self.server.base_url, self.signer)
-        completed = False
-        cpu0 = self.server.cpu_seconds()
-        proc0 = time.process_time()
-        try:
-            deadline[0] = time.monotonic() + case.time_limit
-            start = end = time.perf_counter()
+    def _sdk_loop(self, case: Case, config: TransferConfig, result: Result, keys: list[str],
+                  client: MeteredClient, source: Source | None, made: list[Path]) -> Meter:
+        """The timed part of an SDK case: fills `result` but for the SDK-only fields."""
+        task = self._task(case)
+        meter = Meter(lambda n: self.progress.advance(task, n), self.stop)
+        tally = _Tally()
+        done = itertools.count(1)
+        tag = secrets.token_hex(2)
+        cut_short = [0]  # bytes of a download that the time limit ended
+
+        def upload(i: int) -> None:
+            assert source is not None
+            key = f"{case.name}/{tag}/{i:07d}"
             try:
-                upload_id[0] = main.initiate(path)
-                ready.wait(READY_TIMEOUT)
-            except Exception as exc:  # no upload (or no uploaders): the threads are let go
-                tally.fail(exc if not isinstance(exc, threading.BrokenBarrierError) else
-                           BenchError(f"the uploaders were not ready in {READY_TIMEOUT:.0f} s"))
-                ready.abort()
-            for t in threads:
-                t.join()
-            if tally.errors or self.stop.is_set() or len(tally.latencies) < case.count:
-                end = max(tally.ends, default=start)
-            else:
-                t0 = time.perf_counter()
-                try:
-                    main.complete(path, upload_id[0], etags, exp)
-                    end = time.perf_counter()
-                    result.complete_ms = (end - t0) * 1000
-                    completed = True
-                except Exception as exc:
-                    end = time.perf_counter()
-                    tally.fail(exc)
-            if not completed and upload_id[0]:
-                with contextlib.suppress(Exception):  # free the parts' space; best effort
-                    main.abort(path, upload_id[0])
-        except BaseException:
-            # Ctrl-C: let the uploaders see `stop`; what is in flight ends with the server.
-            self.stop.set()
-            ready.abort()
-            for t in threads:
-                t.join(2.0)
-            raise
-        finally:
-            main.close()
-            self.progress.update(task, description=f"[dim]{case.label}")
-        cpu1 = self.server.cpu_seconds()
-        proc1 = time.process_time()
+                got = client.upload_file(self.coffer, key, source.path, config=config,
+                                         progress=meter)
+            except Exception:
+                if case.multipart and not self.stop.is_set():
+                    _abort_uploads(client, self.coffer, key)
+                raise
+            meter.end()
+            _mismatches(f"upload_file {key}", [
+                ("size", got.size, case.size), ("parts", got.parts, case.parts),
+                ("resumed parts", got.resumed_parts, 0),
+                ("SHA-256", got.sha256, source.sha256)])
+            self.uploads[key] = got
+            keys.append(key)
 
-        result.ops = len(tally.latencies)
-        result.bytes = result.ops * case.part_size
-        result.seconds = end - start
-        _set_latencies(result, tally.latencies)
-        if tally.errors:
-            result.error = f"{type(tally.errors[0]).__name__}: {tally.errors[0]}"
-            result.stopped_by = "error"
-        elif self.stop.is_set():
-            result.stopped_by = "interrupted"
-        elif completed:
-            result.stopped_by = "count"
-        else:
-            result.stopped_by = "time limit"
-        _set_rates(result, cpu0, cpu1, proc1 - proc0)
-        result.note = f"{case.count} x {size_label(case.part_size)} parts"
-        if result.complete_ms is not None:
-            result.note += f", complete {result.complete_ms:,.1f} ms"
-        return completed
+        def download(i: int) -> None:
+            key = keys[i % len(keys)]
+            made.append(self.files / f"{case.name}-{i:07d}.bin")
+            try:
+                got = client.download_file(self.coffer, key, made[-1], config=config,
+                                           progress=meter)
+            except Stop:
+                cut_short[0] += meter.moved
+                raise
+            meter.end()
+            up = self.uploads[key]
+            _mismatches(f"download_file {key}", [
+                ("size", got.size, up.size), ("size on disk", made[-1].stat().st_size, up.size),
+                ("parts", got.parts, case.parts), ("SHA-256", got.sha256, up.sha256),
+                ("ETag", got.etag, up.etag)])
 
-    def _download_multipart(self, case: Case, exp: ExpectedParts, path: str,
-                            result: Result) -> None:
-        task = self.progress.add_task(result.label, total=case.size, ops="0", planned="1")
-        client = SyncClient(self.server.base_url, self.signer)
-        cpu0 = self.server.cpu_seconds()
-        proc0 = time.process_time()
-        deadline = time.monotonic() + case.time_limit
-        start = time.perf_counter()
+        def op(i: int) -> None:
+            meter.begin(tally.deadline)
+            try:
+                (upload if case.op == "put" else download)(i)
+            except Stop:
+                tally.ends.append(time.perf_counter())  # the case's time runs to the stop
+                raise
+
+        def after_op() -> None:
+            self.progress.update(task, ops=str(next(done)))
+
+        before = self._cpu()
         try:
-            result.bytes = client.get_multipart(
-                path, exp, deadline=deadline, on_bytes=lambda n: self.progress.advance(task, n))
-            end = time.perf_counter()
-            result.ops = 1
-            result.stopped_by = "count"
-            self.progress.update(task, ops="1")
-            _set_latencies(result, [end - start])
-        except TimeLimitReached as stop:
-            end = time.perf_counter()
-            result.bytes = stop.received
-            result.stopped_by = "time limit"
-        except Exception as exc:
-            end = time.perf_counter()
-            result.error = f"{type(exc).__name__}: {exc}"
-            result.stopped_by = "error"
+            start = self._run_threads(case, lambda: (op, _nothing), after_op, tally)
         finally:
-            client.close()
-            self.progress.update(task, description=f"[dim]{result.label}")
-        cpu1 = self.server.cpu_seconds()
-        proc1 = time.process_time()
-        result.seconds = end - start
-        _set_rates(result, cpu0, cpu1, proc1 - proc0)
+            self.progress.update(task, description=f"[dim]{case.label}")
+        after = self._cpu()
+        self._finish(result, case, start, tally)
+        result.bytes += cut_short[0]
+        if case.multipart and case.op == "put":
+            _count_parts(case, result, client)
+        _set_rates(result, before, after)
+        return meter
 
     # -- threads: one httpx.Client per thread --------------------------------------------------
 
-    def _run_threads(self, case: Case, exp: Expected, path: Callable[[int], str],
-                     on_bytes: Callable[[int], None] | None,
-                     on_put_done: Callable[[int], None], after_op: Callable[[], None],
+    def _run_threads(self, case: Case, new_op: NewOp, after_op: Callable[[], None],
                      tally: _Tally) -> float:
-        """Run the case; return the perf_counter() at which the clients were let go."""
+        """Run the case on `case.clients` threads, each running the operations it claims with
+        its own `new_op()`; return the perf_counter() at which they were let go."""
         claims = _Claims(case.count)
         ready = threading.Barrier(case.clients + 1)
-        deadline = [0.0]
 
         def worker() -> None:
-            client = SyncClient(self.server.base_url, self.signer)
+            op, close = new_op()
             try:
                 ready.wait(READY_TIMEOUT)
                 while not (self.stop.is_set() or tally.failed.is_set()):
-                    if time.monotonic() >= deadline[0]:
+                    if time.monotonic() >= tally.deadline:
                         return
                     i = claims.take()
                     if i is None:
                         return
                     t0 = time.perf_counter()
-                    if case.op == "put":
-                        client.put(path(i), exp, on_bytes)
-                        on_put_done(i)
-                    else:
-                        client.get(path(i), exp, hash_body=case.hash_body, on_bytes=on_bytes)
+                    op(i)
                     tally.record(t0)
                     after_op()
-            except threading.BrokenBarrierError:
+            except (threading.BrokenBarrierError, Stop):
                 pass
             except Exception as exc:
                 tally.fail(exc)
             finally:
-                client.close()
+                close()
 
         threads = _start_threads(worker, "bench", case.clients)
-        deadline[0] = time.monotonic() + case.time_limit
+        tally.deadline = time.monotonic() + case.time_limit
         start = time.perf_counter()
         try:
             ready.wait(READY_TIMEOUT)
             for t in threads:
                 t.join()
         except BaseException:
-            # Ctrl-C: let the workers see `stop`; what is in flight ends with the server.
+            # Ctrl-C: let the workers see `stop`; what is in flight ends with the server (an SDK
+            # transfer at its next MiB, from its progress callback).
             self.stop.set()
             ready.abort()
             for t in threads:
@@ -532,12 +616,12 @@ class Runner:
                          tally: _Tally) -> float:
         claims = _Claims(case.count)
         clients = [AsyncClient(self.server.base_url, self.signer) for _ in range(case.clients)]
-        deadline = time.monotonic() + case.time_limit
+        tally.deadline = time.monotonic() + case.time_limit
 
         async def worker(client: AsyncClient) -> None:
             try:
                 while not (self.stop.is_set() or tally.failed.is_set()):
-                    if time.monotonic() >= deadline:
+                    if time.monotonic() >= tally.deadline:
                         return
                     i = claims.take()
                     if i is None:
@@ -567,15 +651,50 @@ class Runner:
         return start
 
 
-def _set_rates(result: Result, cpu0: float | None, cpu1: float | None,
-               client_cpu: float) -> None:
+def _nothing() -> None:
+    pass
+
+
+def _count_parts(case: Case, result: Result, client: MeteredClient) -> None:
+    """The multipart upload's row counts parts: Done, bytes, ops/s and p50/p99 are per
+    UploadPart answered (as the SDK's client timed them); the Note has the
+    CompleteMultipartUpload call's own latency."""
+    parts = client.parts_uploaded()
+    result.planned = case.parts
+    result.ops = len(parts)
+    result.bytes = sum(t.length for t in parts)
+    _set_latencies(result, [t.seconds for t in parts])
+    result.complete_ms = client.complete_ms()
+    result.note = f"{case.parts} x {size_label(case.part_size)} parts, {case.streams} in flight"
+    if result.complete_ms is not None:
+        result.note += f", complete {result.complete_ms:,.1f} ms"
+
+
+def _abort_uploads(client: MeteredClient, coffer: str, key: str) -> None:
+    """Abort what an unfinished multipart upload of `key` left (the SDK keeps it for resuming);
+    best effort, to free the space of its parts."""
+    with contextlib.suppress(Exception):
+        for upload in list(client.iter_uploads(coffer, prefix=key)):
+            if upload.key == key:
+                client.abort_multipart_upload(coffer, key, upload.upload_id)
+
+
+def _set_rates(result: Result, before: _Cpu, after: _Cpu) -> None:
     """MiB/s, ops/s and the CPU columns, from bytes, ops and seconds already set."""
+    result.client_cpu_s = after.client - before.client
+    if before.server is not None and after.server is not None:
+        result.server_cpu_s = after.server - before.server
     if result.seconds > 0:
         result.mib_s = result.bytes / MIB / result.seconds
         result.ops_s = result.ops / result.seconds
-        if cpu0 is not None and cpu1 is not None:
-            result.server_cpu = (cpu1 - cpu0) / result.seconds
-        result.client_cpu = client_cpu / result.seconds
+        result.client_cpu = result.client_cpu_s / result.seconds
+        if result.server_cpu_s is not None:
+            result.server_cpu = result.server_cpu_s / result.seconds
+    if result.bytes > 0:
+        gib = result.bytes / GIB
+        result.client_cpu_s_gib = result.client_cpu_s / gib
+        if result.server_cpu_s is not None:
+            result.server_cpu_s_gib = result.server_cpu_s / gib
 
 
 def _set_latencies(result: Result, seconds: list[float]) -> None:

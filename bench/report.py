@@ -23,8 +23,43 @@ HEADERS = ("Case", "Done", "Time s", "MiB/s", "ops/s", "p50 ms", "p99 ms", "Serv
            "Client CPU", "Note")
 
 
+#: The second table: how much CPU each side spent per GiB, and the SDK's client-side ceiling.
+CPU_TITLE = "CPU per GiB moved, and the client-side ceiling of the SDK cases"
+CPU_HEADERS = ("Case", "MiB/s", "Client CPU s/GiB", "Server CPU s/GiB", "Client 1-core MiB/s",
+               "Ceiling MiB/s", "% of ceiling", "Before s", "After s",
+               "Ceiling work (SDK, timed alone)")
+
+CPU_NOTE = (
+    "CPU s/GiB = user+system CPU seconds of the process during the case / GiB of object data "
+    "moved. Client 1-core = 1024 / client CPU s/GiB: the MiB/s the benchmark process could "
+    "reach with one core all to itself. Ceiling = the SDK's own per-byte work for one transfer "
+    "of the case (reading the file in 1 MiB chunks and hashing it, with the SDK's passes and "
+    "threads: last column), timed alone after the case: no HTTP, no server, no writing of a "
+    "downloaded file. MiB/s well below the client figures, with client CPU s/GiB below the "
+    "server's, means the client is not the bottleneck (on 2 cores its CPU is still CPU the "
+    "server could not use). Before / After = mean seconds per transfer before its first byte "
+    "moved (the Content-MD5 pass of a PutObject; HEAD or ListMultipartUploads) and after its "
+    "last (the server finishing, CompleteMultipartUpload, the verifying HEAD of an upload; the "
+    "in-order SHA-256 pass and the fsync of a download).")
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _cpu_rows(results: list[Result]) -> list[tuple[str, ...]]:
+    """The cases that move MiB (not the 4 KiB ones), whether they ran (or were cut short)."""
+    rows = []
+    for r in results:
+        if r.size <= 64 * 1024 or r.bytes == 0:
+            continue
+        one_core = 1024 / r.client_cpu_s_gib if r.client_cpu_s_gib else None
+        share = 100 * r.mib_s / r.ceiling_mib_s if r.ceiling_mib_s else None
+        rows.append((r.label, _num(r.mib_s, 1), _num(r.client_cpu_s_gib, 2),
+                     _num(r.server_cpu_s_gib, 2), _num(one_core, 0), _num(r.ceiling_mib_s, 0),
+                     _num(share, 0), _num(r.before_first_byte_s, 2),
+                     _num(r.after_last_byte_s, 2), r.ceiling_work or "-"))
+    return rows
 
 
 def _row(r: Result) -> tuple[str, ...]:
@@ -63,6 +98,11 @@ def summary(r: Result) -> str:
     text = (f"{r.label}: {r.ops} ops in {r.seconds:.2f} s, {r.mib_s:,.1f} MiB/s, "
             f"{r.ops_s:,.1f} ops/s, p50 {_num(r.p50_ms, 2)} ms, p99 {_num(r.p99_ms, 2)} ms, "
             f"CPU server {_num(r.server_cpu, 2)} client {_num(r.client_cpu, 2)}")
+    if r.client_cpu_s_gib is not None and r.size > 64 * 1024:
+        text += (f", CPU s/GiB client {_num(r.client_cpu_s_gib, 2)} server "
+                 f"{_num(r.server_cpu_s_gib, 2)}")
+    if r.ceiling_mib_s is not None:
+        text += f", SDK ceiling {r.ceiling_mib_s:,.0f} MiB/s"
     if r.note:
         text += f" ({r.note})"
     return text + (f" [yellow](stopped by {r.stopped_by})" if r.stopped_by != "count" else "")
@@ -96,6 +136,16 @@ def console_tables(console: Console, results: list[Result], machine: dict[str, A
     for r in results:
         table.add_row(*_row(r))
     console.print(table)
+    cpu_rows = _cpu_rows(results)
+    if cpu_rows:
+        ct = Table(title=CPU_TITLE, title_justify="left", caption=CPU_NOTE,
+                   caption_justify="left")
+        for name in CPU_HEADERS:
+            ct.add_column(name, justify="left" if name in (CPU_HEADERS[0], CPU_HEADERS[-1])
+                          else "right")
+        for row in cpu_rows:
+            ct.add_row(*row)
+        console.print(ct)
     rows = limit_rows(limits)
     lt = Table(title="Machine limits (same run)", title_justify="left")
     lt.add_column("What")
@@ -123,6 +173,12 @@ def markdown(results: list[Result], machine: dict[str, Any], limits: dict[str, A
     out.append(line(HEADERS))
     out.append(line(["---"] + ["---:"] * (len(HEADERS) - 2) + ["---"]))
     out.extend(line(_row(r)) for r in results)
+    cpu_rows = _cpu_rows(results)
+    if cpu_rows:
+        out += ["", f"{CPU_TITLE}:", "", line(CPU_HEADERS),
+                line(["---"] + ["---:"] * (len(CPU_HEADERS) - 2) + ["---"])]
+        out.extend(line(row) for row in cpu_rows)
+        out += ["", CPU_NOTE]
     if limits:
         out += ["", line(("Machine limit", "Measured")), line(("---", "---:"))]
         out.extend(line(row) for row in limit_rows(limits))

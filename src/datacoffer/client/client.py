@@ -42,9 +42,11 @@ class ObjectReader:
         span = parse.content_range(response.headers)
         self.span = (span[0], span[1]) if span else (0, self.info.size - 1)
 
-    def iter_bytes(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The body as it arrives (in pieces of `chunk_size` when given). The client asks for
+        no content coding, so these are the object's bytes."""
         try:
-            yield from self._response.iter_bytes(chunk_size)
+            yield from self._response.iter_raw(chunk_size)
         except httpx.TransportError as exc:
             raise errors.TransportError(f"the download broke off: {exc}") from exc
 
@@ -111,7 +113,7 @@ class Client:
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
-            verify=verify, follow_redirects=False)
+            headers={"Accept-Encoding": "identity"}, verify=verify, follow_redirects=False)
 
     def __repr__(self) -> str:
         return f"Client({self.endpoint!r}, secret_id={self.profile.secret_id!r})"

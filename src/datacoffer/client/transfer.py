@@ -72,12 +72,14 @@ def _multipart_etag(md5s: list[bytes]) -> str:
 
 
 class _Hashed:
-    """The chunks of a file span, hashed (MD5 and SHA-256) and reported as they are read.
+    """The chunks of a file span, hashed (MD5, SHA-256 or both) and reported as they are read.
 
     Called once per attempt: each call starts the hashes and the progress count afresh."""
 
-    def __init__(self, path: Path, offset: int, length: int, progress: Progress) -> None:
+    def __init__(self, path: Path, offset: int, length: int, progress: Progress, *,
+                 md5: bool = True, sha256: bool = True) -> None:
         self.path, self.offset, self.length, self.progress = path, offset, length, progress
+        self.wanted = md5, sha256
         self.md5 = hashlib.md5()
         self.sha256 = hashlib.sha256()
         self.sent = 0
@@ -86,6 +88,8 @@ class _Hashed:
         if self.sent:
             self.progress(-self.sent)
         self.md5, self.sha256, self.sent = hashlib.md5(), hashlib.sha256(), 0
+        hashers = [h for h, wanted in zip((self.md5, self.sha256), self.wanted, strict=True)
+                   if wanted]
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
             left = self.length
@@ -94,8 +98,8 @@ class _Hashed:
                 if not chunk:
                     raise errors.DataCofferError(f"{self.path} shrank while it was uploaded")
                 left -= len(chunk)
-                self.md5.update(chunk)
-                self.sha256.update(chunk)
+                for hasher in hashers:
+                    hasher.update(chunk)
                 self.sent += len(chunk)
                 self.progress(len(chunk))
                 yield chunk
@@ -151,15 +155,17 @@ def upload_file(client: Client, coffer: str, key: str, path: Path, *,
 
 def _put(client: Client, coffer: str, key: str, path: Path, size: int, progress: Progress,
          content_type: str | None) -> models.TransferResult:
-    local = _Hashed(path, 0, size, _ignore)
+    # MD5 first (Content-MD5 goes before the body), SHA-256 while sending: each byte is
+    # hashed once by each, though the file is read twice (the second time from the page cache)
+    local = _Hashed(path, 0, size, _ignore, sha256=False)
     local.digest_all()
     md5_b64 = base64.b64encode(local.md5.digest()).decode()
-    body = _Hashed(path, 0, size, progress)
+    body = _Hashed(path, 0, size, progress, md5=False)
     result = client.put_object(coffer, key, body, length=size,
                                content_type=content_type, content_md5=md5_b64)
     _check(f"ETag of {key}", result.etag, local.md5.hexdigest())
     info = client.head_object(coffer, key)
-    _check(f"SHA-256 of {key}", info.sha256, local.sha256.hexdigest())
+    _check(f"SHA-256 of {key}", info.sha256, body.sha256.hexdigest())
     return models.TransferResult(coffer, key, size, result.etag, info.sha256, parts=1)
 
 
@@ -320,8 +326,7 @@ def _download_ranges(client: Client, coffer: str, key: str, fd: int, info: model
 
     def one(index: int, offset: int, length: int) -> None:
         try:
-            _fetch(client, coffer, key, fd, progress,
-                   byte_range=(offset, offset + length - 1) if len(spans) > 1 else None)
+            _fetch(client, coffer, key, fd, progress, byte_range=(offset, offset + length - 1))
         except BaseException:
             failed.set()
             raise
@@ -338,6 +343,10 @@ def _download_ranges(client: Client, coffer: str, key: str, fd: int, info: model
                 sha.update(os.pread(fd, min(CHUNK, offset + length - pos), pos))
         _check(f"SHA-256 of {key}", info.sha256, sha.hexdigest())
 
+    if len(spans) == 1:  # one GET: hashed as it arrives
+        digest, _ = _fetch(client, coffer, key, fd, progress)
+        _check(f"SHA-256 of {key}", info.sha256, digest.hex())
+        return
     tasks = [lambda i=i, s=s: one(i, s[1], s[2]) for i, s in enumerate(spans)]
     _run_all([hash_in_order, *tasks], config.concurrency + 1)
 
