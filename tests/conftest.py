@@ -4,14 +4,24 @@ clients that sign their requests."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from datacoffer.client import Client
+from datacoffer.client import Client, credentials
 from tests.serverproc import ServerProcess, SignedClient, free_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No client setting of the machine's user leaks into the tests (a profile's region would
+    change every request's Host): no profile file, no DATACOFFER_* client variable."""
+    for name in (*credentials.ENV.values(), "DATACOFFER_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ["DATACOFFER_PROFILE_FILE"] = os.devnull + ".absent/profiles.toml"
+
 
 APP_ID = "1250000000"
 UIN = "100000000001"

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from datacoffer import signing
+from datacoffer.client import Client, RetryPolicy
 
 BIN = [sys.executable, "-m", "datacoffer"]
 
@@ -52,11 +53,27 @@ class ServerProcess:
             raise AssertionError(f"{cmd} failed ({done.returncode}): {done.stderr}")
         return json.loads(done.stdout) if done.returncode == 0 else done
 
+    def create_account(self, app_id: str, uin: str) -> tuple[str, str]:
+        """Create an account with the admin command; its first key (SecretId, SecretKey)."""
+        doc = self.admin("account", "create", "--app-id", app_id, "--uin", uin)
+        return doc["SecretId"], doc["SecretKey"]
+
     def new_client(self, app_id: str = "1250000000",
                    uin: str = "100000000001") -> SignedClient:
-        """Create an account with the admin command; a client signing with its first key."""
-        doc = self.admin("account", "create", "--app-id", app_id, "--uin", uin)
-        return SignedClient(self.base_url, doc["SecretId"], doc["SecretKey"])
+        """Create an account; a raw client signing with its first key."""
+        return SignedClient(self.base_url, *self.create_account(app_id, uin))
+
+    def new_sdk(self, app_id: str = "1250000000", uin: str = "100000000001", *,
+                retry: RetryPolicy | None = None) -> Client:
+        """Create an account; an SDK client (`datacoffer.client.Client`) with its first key.
+        `SignedClient.of(sdk)` is a raw client with the same key."""
+        return Client(self.base_url, *self.create_account(app_id, uin), retry=retry)
+
+    def sdk_like(self, sdk: Client) -> Client:
+        """An SDK client of this server with the key and retry policy of `sdk` (of another
+        server on the same data)."""
+        return Client(self.base_url, sdk.profile.secret_id, sdk.profile.secret_key,
+                      retry=sdk.retry)
 
     def start(self) -> None:
         cmd = [*BIN, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
@@ -105,6 +122,12 @@ class SignedClient:
         self.secret_key = secret_key
         self.http = httpx.Client(base_url=base_url, timeout=120)
 
+    @classmethod
+    def of(cls, sdk: Client) -> SignedClient:
+        """A raw client with the key of an SDK client, for requests whose bytes the test
+        controls."""
+        return cls(sdk.endpoint, sdk.profile.secret_id, sdk.profile.secret_key)
+
     def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, content: Any = None,
                 sign_headers: tuple[str, ...] = ("host",), **kwargs: Any) -> httpx.Response:
@@ -138,3 +161,8 @@ class SignedClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+#: for SDK clients of tests that must see every answer as the server gave it: no retry of
+#: InternalError, AlreadyLock or DataSynchronization, nor of a refused connection
+NO_RETRY = RetryPolicy(attempts=1)

@@ -513,14 +513,16 @@ def test_head_object_fields(sdk, coffer):
 
 def test_missing_object_errors(rec, coffer):
     sdk = rec.sdk
-    # HEAD has no body: the code comes from x-cdcs-error-code, the message is the default
+    # HEAD has no body: the code comes from x-cdcs-error-code, the message is the default,
+    # the resource is the request's own coffer/key
     with pytest.raises(errors.ObjectNotExists) as caught:
         sdk.head_object(coffer, "nothing")
     assert isinstance(caught.value, errors.NotFound)
     assert rec.last.request.method == "HEAD"
     assert rec.last.content == b""
     assert_service_error(caught.value, errors.ObjectNotExists, "ObjectNotExists", 404, rec.last,
-                         resource="", message="The specified object does not exist.")
+                         resource=f"{coffer}/nothing",
+                         message="The specified object does not exist.")
     assert "ObjectNotExists" in str(caught.value)
     assert caught.value.request_id in str(caught.value)
 

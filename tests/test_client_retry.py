@@ -207,7 +207,7 @@ def test_head_error_without_body_is_retried_by_its_header_code(stand_in):
     assert stand_in.count == 5
     err = caught.value
     assert (err.message, err.request_id, err.trace_id, err.resource) == (
-        CODES["AlreadyLock"].message, "h", "ht", "")
+        CODES["AlreadyLock"].message, "h", "ht", "c-1250000000/k")
 
 
 def test_json_error_documents_are_understood(stand_in):

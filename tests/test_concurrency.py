@@ -10,6 +10,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from datacoffer.client import Client, errors
 from tests.serverproc import ServerProcess, SignedClient, free_port
 from tests.test_durability import (
     OWN_APP_ID,
@@ -18,7 +21,7 @@ from tests.test_durability import (
     check_error,
     db_rows,
     listed,
-    new_client,
+    new_sdk,
     stream_put,
     tmp_files,
     wait_reserved,
@@ -58,34 +61,33 @@ def check_one_winner(answers: list, bodies: list[bytes]) -> bytes:
     return bodies[w]
 
 
-def check_stored(client: SignedClient, path: str, data: bytes) -> None:
-    r = client.get(path)
-    assert r.status_code == 200, r.text
-    assert r.content == data
-    assert r.headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
-    assert r.headers["x-cdcs-checksum-sha256"] == hashlib.sha256(data).hexdigest()
+def check_stored(sdk: Client, coffer: str, key: str, data: bytes) -> None:
+    with sdk.get_object(coffer, key) as r:
+        assert r.read() == data
+    assert r.info.etag == hashlib.md5(data).hexdigest()
+    assert r.info.sha256 == hashlib.sha256(data).hexdigest()
 
 
 # -- 6. two PutObjects of one key at once ---------------------------------------------------
 
 
-def test_two_streaming_puts_of_one_key_one_wins(client, coffer):
+def test_two_streaming_puts_of_one_key_one_wins(client, sdk, coffer):
     path = f"/{coffer}/contested.bin"
     bodies = [os.urandom(8 * MiB), os.urandom(8 * MiB)]
     answers = race([client, client], path, bodies, chunk=256 * 1024, pause=0.005)
     winner = check_one_winner(answers, bodies)
-    check_stored(client, path, winner)
-    assert list(listed(client, coffer)) == ["contested.bin"]
+    check_stored(sdk, coffer, "contested.bin", winner)
+    assert list(listed(sdk, coffer)) == ["contested.bin"]
 
 
-def test_small_puts_of_one_key_race_many_times(client, coffer):
+def test_small_puts_of_one_key_race_many_times(client, sdk, coffer):
     for round_ in range(10):
         path = f"/{coffer}/round-{round_}"
         bodies = [os.urandom(64 * 1024 + n) for n in range(3)]
         answers = race([client] * 3, path, bodies, chunk=64 * 1024 + 8, pause=0)
         winner = check_one_winner(answers, bodies)
-        check_stored(client, path, winner)
-    assert sorted(listed(client, coffer)) == [f"round-{n}" for n in range(10)]
+        check_stored(sdk, coffer, f"round-{round_}", winner)
+    assert sorted(listed(sdk, coffer)) == [f"round-{n}" for n in range(10)]
 
 
 # -- 7. two server processes on one data directory ------------------------------------------
@@ -94,10 +96,11 @@ def test_small_puts_of_one_key_race_many_times(client, coffer):
 def test_two_processes_on_one_data_dir_share_the_reservation(two_servers):
     a, b = two_servers
     a.start()
-    ca = new_client(a)
-    cb = SignedClient(b.base_url, ca.secret_id, ca.secret_key)
+    sa = new_sdk(a)
+    sb = b.sdk_like(sa)
+    ca, cb = SignedClient.of(sa), SignedClient.of(sb)  # for uploads the test paces itself
     coffer = f"shared-{OWN_APP_ID}"
-    ca.make_coffer(coffer)
+    sa.create_coffer(coffer, ["ap-tianjin"])
 
     # An upload held open on A, then B starts: B's start-up recovery must not take the key of
     # a live writer in another process, and B refuses the key while A streams.
@@ -110,18 +113,22 @@ def test_two_processes_on_one_data_dir_share_the_reservation(two_servers):
         b.start()
         assert len(writing_rows(a.data_dir)) == 1
         assert len(tmp_files(a.data_dir)) == 1
-        check_error(cb.put(path, content=b"from B"), 409, "ObjectAlreadyUploading")
-        check_error(ca.put(path, content=b"from A"), 409, "ObjectAlreadyUploading")
-        check_error(cb.get(path), 404, "ObjectNotExists")
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sb.put_object(coffer, "held.bin", b"from B")
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sa.put_object(coffer, "held.bin", b"from A")
+        with pytest.raises(errors.ObjectNotExists):
+            sb.get_object(coffer, "held.bin")
         up.send(data[MiB:])
         answer = up.response()
     finally:
         up.close()
     assert answer.status_code == 200, answer
     assert answer.headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
-    check_stored(cb, path, data)
-    check_stored(ca, path, data)
-    check_error(cb.put(path, content=b"from B"), 409, "ObjectAlreadyExistsOwnedByYou")
+    check_stored(sb, coffer, "held.bin", data)
+    check_stored(sa, coffer, "held.bin", data)
+    with pytest.raises(errors.ObjectAlreadyExistsOwnedByYou):
+        sb.put_object(coffer, "held.bin", b"from B")
 
     # Races through both servers: exactly one writer wins, and both serve its bytes.
     for round_ in range(5):
@@ -129,14 +136,14 @@ def test_two_processes_on_one_data_dir_share_the_reservation(two_servers):
         bodies = [os.urandom(256 * 1024 + n) for n in range(4)]
         answers = race([ca, cb, ca, cb], path, bodies, chunk=64 * 1024, pause=0.002)
         winner = check_one_winner(answers, bodies)
-        check_stored(ca, path, winner)
-        check_stored(cb, path, winner)
-    assert sorted(listed(cb, coffer)) == ["held.bin", *[f"race-{n}" for n in range(5)]]
-    assert sorted(listed(ca, coffer)) == sorted(listed(cb, coffer))
+        check_stored(sa, coffer, f"race-{round_}", winner)
+        check_stored(sb, coffer, f"race-{round_}", winner)
+    assert sorted(listed(sb, coffer)) == ["held.bin", *[f"race-{n}" for n in range(5)]]
+    assert listed(sa, coffer) == listed(sb, coffer)
     assert writing_rows(a.data_dir) == []
     assert tmp_files(a.data_dir) == []
-    ca.close()
-    cb.close()
+    for c in (ca, cb, sa, sb):
+        c.close()
 
 
 # -- 8. DeleteCoffer racing a write ---------------------------------------------------------
@@ -148,14 +155,15 @@ def _delete(client: SignedClient, coffer: str):
     return r, time.monotonic() - started
 
 
-def test_delete_coffer_racing_a_write(server, client, coffer):
+def test_delete_coffer_racing_a_write(server, client, sdk, coffer):
     path = f"/{coffer}/streaming.bin"
     data = os.urandom(4 * MiB)
     up = RawUpload(client, path, len(data))
     try:
         up.send(data[:MiB])
         wait_reserved(server.data_dir, coffer, "streaming.bin")
-        check_error(client.put(path, content=b"x"), 409, "ObjectAlreadyUploading")
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sdk.put_object(coffer, "streaming.bin", b"x")
         r, took = _delete(client, coffer)
         check_error(r, 409, "AlreadyLock")
         assert took < 1.0  # "never a wait of more than a second"
@@ -166,20 +174,21 @@ def test_delete_coffer_racing_a_write(server, client, coffer):
     assert answer.status_code == 200, answer
     r, _ = _delete(client, coffer)
     check_error(r, 409, "CofferNotEmpty")
-    check_stored(client, path, data)
-    assert list(listed(client, coffer)) == ["streaming.bin"]
+    check_stored(sdk, coffer, "streaming.bin", data)
+    assert list(listed(sdk, coffer)) == ["streaming.bin"]
 
 
-def test_delete_coffer_after_an_abandoned_write_succeeds(server, client, coffer_name):
+def test_delete_coffer_after_an_abandoned_write_succeeds(server, client, sdk, coffer_name):
     """The lock a write holds on its coffer goes with the write: once the client has gone and
     its reservation is dropped, the (still empty) coffer can be deleted."""
-    client.make_coffer(coffer_name)
+    sdk.create_coffer(coffer_name, ["ap-tianjin"])
     path = f"/{coffer_name}/abandoned.bin"
     up = RawUpload(client, path, 4 * MiB)
     try:
         up.send(os.urandom(MiB))
         wait_reserved(server.data_dir, coffer_name, "abandoned.bin")
-        check_error(client.put(path, content=b"x"), 409, "ObjectAlreadyUploading")
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sdk.put_object(coffer_name, "abandoned.bin", b"x")
         r, took = _delete(client, coffer_name)
         check_error(r, 409, "AlreadyLock")
         assert took < 1.0
@@ -194,7 +203,8 @@ def test_delete_coffer_after_an_abandoned_write_succeeds(server, client, coffer_
         time.sleep(0.1)
     assert r.status_code == 204, r.text
     assert r.content == b""
-    check_error(client.get(f"/{coffer_name}"), 404, "NoSuchCoffer")
+    with pytest.raises(errors.NoSuchCoffer):
+        sdk.get_coffer(coffer_name)
 
 
 # -- 9. a live writer keeps its lease -------------------------------------------------------
@@ -215,11 +225,12 @@ def test_live_writer_keeps_its_reservation_past_the_lease(tmp_path):
         a.start()  # creates the installation; then B starts while the account is made
         with ThreadPoolExecutor(2) as pool:
             b_started = pool.submit(b.start)
-            ca = new_client(a)
+            sa = new_sdk(a)
             b_started.result()
-        cb = SignedClient(b.base_url, ca.secret_id, ca.secret_key)
+        sb = b.sdk_like(sa)
+        ca = SignedClient.of(sa)  # for the upload the test paces itself
         coffer = f"lease-{OWN_APP_ID}"
-        ca.make_coffer(coffer)
+        sa.create_coffer(coffer, ["ap-tianjin"])
         path = f"/{coffer}/slow.bin"
         data = os.urandom(MiB)
         piece = 64 * 1024
@@ -236,8 +247,10 @@ def test_live_writer_keeps_its_reservation_past_the_lease(tmp_path):
                 up.send(data[sent:sent + 4096])
                 sent += 4096
             assert not up.answered()
-            check_error(ca.put(path, content=b"same process"), 409, "ObjectAlreadyUploading")
-            check_error(cb.put(path, content=b"other process"), 409, "ObjectAlreadyUploading")
+            with pytest.raises(errors.ObjectAlreadyUploading):
+                sa.put_object(coffer, "slow.bin", b"same process")
+            with pytest.raises(errors.ObjectAlreadyUploading):
+                sb.put_object(coffer, "slow.bin", b"other process")
             ((_, holder, lease),) = writing_rows(a.data_dir)
             now_ms = int(time.time() * 1000)
             assert lease > now_ms  # renewed: still running
@@ -248,10 +261,10 @@ def test_live_writer_keeps_its_reservation_past_the_lease(tmp_path):
         finally:
             up.close()
         assert answer.status_code == 200, answer
-        check_stored(cb, path, data)
+        check_stored(sb, coffer, "slow.bin", data)
         assert db_rows(a.data_dir, "SELECT state, holder FROM objects") == [("stored", "")]
-        ca.close()
-        cb.close()
+        for c in (ca, sa, sb):
+            c.close()
     finally:
         b.stop()
         a.stop()

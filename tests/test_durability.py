@@ -28,7 +28,8 @@ import httpx
 import pytest
 
 from datacoffer import signing
-from tests.serverproc import ServerProcess, SignedClient
+from datacoffer.client import Client, errors
+from tests.serverproc import NO_RETRY, ServerProcess, SignedClient
 
 MiB = 1024 * 1024
 REGIONS = ("ap-tianjin", "ap-shanghai", "ap-guangzhou")
@@ -168,18 +169,24 @@ def wait_reserved(data_dir: Path, coffer: str, key: str) -> None:
                what=f"the reservation of {coffer}/{key}")
 
 
-def listed(client: SignedClient, coffer: str) -> dict[str, tuple[int, str]]:
-    """GetCoffer's listing: key -> (Size, ETag)."""
-    r = client.get(f"/{coffer}")
-    assert r.status_code == 200, r.text
-    root = ET.fromstring(r.content)
-    return {c.findtext("Key"): (int(c.findtext("Size")), c.findtext("ETag"))
-            for c in root.findall("Contents")}
+def listed(sdk: Client, coffer: str) -> dict[str, tuple[int, str]]:
+    """GetCoffer's listing: key -> (Size, ETag without quotes)."""
+    return {o.key: (o.size, o.etag) for o in sdk.list_objects(coffer)}
 
 
-def new_client(srv: ServerProcess, app_id: str = OWN_APP_ID,
-               uin: str = OWN_UIN) -> SignedClient:
-    return srv.new_client(app_id, uin)
+def fetch(sdk: Client, coffer: str, key: str) -> bytes:
+    """GetObject: the whole object."""
+    with sdk.get_object(coffer, key) as r:
+        return r.read()
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def new_sdk(srv: ServerProcess, app_id: str = OWN_APP_ID, uin: str = OWN_UIN) -> Client:
+    """An SDK client of a new account that does not retry: these tests see every answer."""
+    return srv.new_sdk(app_id, uin, retry=NO_RETRY)
 
 
 def uploads_in_progress(srv: ServerProcess) -> int:
@@ -194,6 +201,8 @@ class Own:
     srv: ServerProcess
     client: SignedClient
     coffer: str
+    #: the SDK client (without retries) of the same account
+    sdk: Client
 
 
 def own_server(tmp_path_factory: pytest.TempPathFactory, stem: str) -> Iterator[Own]:
@@ -201,11 +210,13 @@ def own_server(tmp_path_factory: pytest.TempPathFactory, stem: str) -> Iterator[
     an account and a coffer."""
     srv = ServerProcess(tmp_path_factory.mktemp(stem) / "data")
     srv.start()
-    client = new_client(srv)
+    sdk = new_sdk(srv)
+    client = SignedClient.of(sdk)
     coffer = f"{stem}-{OWN_APP_ID}"
-    client.make_coffer(coffer)
-    yield Own(srv, client, coffer)
+    sdk.create_coffer(coffer, ["ap-tianjin"])
+    yield Own(srv, client, coffer, sdk)
     client.close()
+    sdk.close()
     srv.stop()
 
 
@@ -229,9 +240,10 @@ def restartable(tmp_path: Path) -> Iterator[ServerProcess]:
 @pytest.mark.slow
 def test_sigkill_mid_upload_leaves_no_trace_and_frees_the_key(restartable):
     srv = restartable
-    client = new_client(srv)
+    sdk = new_sdk(srv)
+    client = SignedClient.of(sdk)
     coffer = f"crash-{OWN_APP_ID}"
-    client.make_coffer(coffer)
+    sdk.create_coffer(coffer, ["ap-tianjin"])
     path = f"/{coffer}/big.bin"
     declared, sent = 256 * MiB, 100 * MiB
     piece = os.urandom(MiB)
@@ -243,8 +255,8 @@ def test_sigkill_mid_upload_leaves_no_trace_and_frees_the_key(restartable):
     tmp = srv.data_dir / "regions" / "ap-tianjin" / "tmp"
     wait_until(lambda: [p for p in tmp.iterdir() if p.stat().st_size >= sent - MiB],
                what="most of the 100 MiB to be written to tmp/")
-    r = client.put(path, content=b"other")
-    check_error(r, 409, "ObjectAlreadyUploading")
+    with pytest.raises(errors.ObjectAlreadyUploading):
+        sdk.put_object(coffer, "big.bin", b"other")
     assert len(tmp_files(srv.data_dir)) == 1
     assert blob_files(srv.data_dir) == []
     assert uploads_in_progress(srv) == 1
@@ -255,12 +267,11 @@ def test_sigkill_mid_upload_leaves_no_trace_and_frees_the_key(restartable):
     assert len(tmp_files(srv.data_dir)) == 1  # the crash left its half-written file behind
     srv.start()
 
-    assert listed(client, coffer) == {}
-    check_error(client.get(path), 404, "ObjectNotExists")
-    r = client.head(path)
-    assert r.status_code == 404
-    assert r.headers["x-cdcs-error-code"] == "ObjectNotExists"
-    assert r.content == b""
+    assert listed(sdk, coffer) == {}
+    with pytest.raises(errors.ObjectNotExists):
+        sdk.get_object(coffer, "big.bin")
+    with pytest.raises(errors.ObjectNotExists):
+        sdk.head_object(coffer, "big.bin")
     assert tmp_files(srv.data_dir) == []
     assert blob_files(srv.data_dir) == []
     assert writing_rows(srv.data_dir) == []
@@ -269,16 +280,13 @@ def test_sigkill_mid_upload_leaves_no_trace_and_frees_the_key(restartable):
     assert status["Counts"]["objects"] == 0
 
     data = os.urandom(3 * MiB + 7)
-    r = client.put(path, content=data)
-    assert r.status_code == 200, r.text
-    assert r.headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
-    r = client.get(path)
-    assert r.status_code == 200
-    assert r.content == data
-    assert listed(client, coffer) == {"big.bin": (len(data), f'"{hashlib.md5(data).hexdigest()}"')}
+    assert sdk.put_object(coffer, "big.bin", data).etag == md5_hex(data)
+    assert fetch(sdk, coffer, "big.bin") == data
+    assert listed(sdk, coffer) == {"big.bin": (len(data), md5_hex(data))}
     assert len(blob_files(srv.data_dir)) == 1
     assert tmp_files(srv.data_dir) == []
     client.close()
+    sdk.close()
 
 
 # -- 2. an acknowledged object survives SIGKILL ---------------------------------------------
@@ -286,9 +294,9 @@ def test_sigkill_mid_upload_leaves_no_trace_and_frees_the_key(restartable):
 
 def test_acknowledged_objects_survive_sigkill(restartable):
     srv = restartable
-    client = new_client(srv)
+    sdk = new_sdk(srv)
     coffer = f"ack-{OWN_APP_ID}"
-    client.make_coffer(coffer)
+    sdk.create_coffer(coffer, ["ap-tianjin"])
     objects = {
         "large.bin": (os.urandom(5 * MiB + 11), "application/octet-stream"),
         "small.txt": (b"hello, durable coffer\n", "text/plain"),
@@ -297,37 +305,34 @@ def test_acknowledged_objects_survive_sigkill(restartable):
     }
     answers = {}
     for key, (data, ctype) in objects.items():
-        r = client.put(f"/{coffer}/{key}", content=data, headers={"Content-Type": ctype})
-        assert r.status_code == 200, r.text
-        answers[key] = r.headers["etag"]
+        answers[key] = sdk.put_object(coffer, key, data, content_type=ctype).etag
     srv.kill()  # at once, right after the last 200
     srv.start()
 
     for key, (data, ctype) in objects.items():
-        r = client.get(f"/{coffer}/{key}")
-        assert r.status_code == 200, r.text
-        assert r.content == data
-        assert r.headers["etag"] == answers[key] == f'"{hashlib.md5(data).hexdigest()}"'
-        assert r.headers["x-cdcs-checksum-sha256"] == hashlib.sha256(data).hexdigest()
-        assert r.headers["content-type"].split(";")[0] == ctype
-        assert r.headers["content-length"] == str(len(data))
-    assert listed(client, coffer) == {
-        key: (len(data), f'"{hashlib.md5(data).hexdigest()}"')
-        for key, (data, _) in objects.items()}
+        with sdk.get_object(coffer, key) as r:
+            assert r.status == 200
+            assert r.read() == data
+        assert r.info.etag == answers[key] == md5_hex(data)
+        assert r.info.sha256 == hashlib.sha256(data).hexdigest()
+        assert r.info.content_type.split(";")[0] == ctype
+        assert r.info.size == len(data)
+    assert listed(sdk, coffer) == {
+        key: (len(data), md5_hex(data)) for key, (data, _) in objects.items()}
     assert tmp_files(srv.data_dir) == []
     assert len(blob_files(srv.data_dir)) == len(objects)
     counts = srv.admin("status")["Counts"]
     assert counts["objects"] == len(objects)
     assert counts["bytes"] == sum(len(d) for d, _ in objects.values())
     assert counts["uploads_in_progress"] == 0
-    client.close()
+    sdk.close()
 
 
 # -- 3. a failed write leaves no trace ------------------------------------------------------
 
 
 def test_content_md5_mismatch_leaves_no_trace(own):
-    client, coffer, data_dir = own.client, own.coffer, own.srv.data_dir
+    client, sdk, coffer, data_dir = own.client, own.sdk, own.coffer, own.srv.data_dir
     path = f"/{coffer}/md5-mismatch.bin"
     data = os.urandom(2 * MiB + 5)
     wrong = base64.b64encode(hashlib.md5(data + b"x").digest()).decode()
@@ -338,21 +343,21 @@ def test_content_md5_mismatch_leaves_no_trace(own):
     assert region_files(data_dir) == before
     assert tmp_files(data_dir) == []
     assert writing_rows(data_dir) == []
-    check_error(client.get(path), 404, "ObjectNotExists")
-    assert "md5-mismatch.bin" not in listed(client, coffer)
+    with pytest.raises(errors.ObjectNotExists):
+        sdk.get_object(coffer, "md5-mismatch.bin")
+    assert "md5-mismatch.bin" not in listed(sdk, coffer)
 
     right = base64.b64encode(hashlib.md5(data).digest()).decode()
-    r = client.put(path, content=data, headers={"Content-MD5": right})
-    assert r.status_code == 200, r.text
+    sdk.put_object(coffer, "md5-mismatch.bin", data, content_md5=right)
     added = region_files(data_dir) - before
     assert len(added) == 1
     assert next(iter(added)).startswith("regions/ap-tianjin/blobs/")
     assert region_files(data_dir) - added == before
-    assert client.get(path).content == data
+    assert fetch(sdk, coffer, "md5-mismatch.bin") == data
 
 
 def test_client_disconnecting_mid_body_leaves_no_trace(own):
-    client, coffer, data_dir = own.client, own.coffer, own.srv.data_dir
+    client, sdk, coffer, data_dir = own.client, own.sdk, own.coffer, own.srv.data_dir
     path = f"/{coffer}/dropped.bin"
     data = os.urandom(4 * MiB)
     before = region_files(data_dir)
@@ -362,25 +367,26 @@ def test_client_disconnecting_mid_body_leaves_no_trace(own):
     tmp = data_dir / "regions" / "ap-tianjin" / "tmp"
     wait_until(lambda: [p for p in tmp.iterdir() if p.stat().st_size >= MiB],
                what="the first half to reach tmp/")
-    check_error(client.put(path, content=b"x"), 409, "ObjectAlreadyUploading")
+    with pytest.raises(errors.ObjectAlreadyUploading):
+        sdk.put_object(coffer, "dropped.bin", b"x")
     up.conn.sock.shutdown(socket.SHUT_RDWR)
     up.close()
 
     wait_until(lambda: writing_rows(data_dir) == [] and tmp_files(data_dir) == [],
                what="the server to drop the abandoned upload")
     assert region_files(data_dir) == before
-    check_error(client.get(path), 404, "ObjectNotExists")
-    assert "dropped.bin" not in listed(client, coffer)
+    with pytest.raises(errors.ObjectNotExists):
+        sdk.get_object(coffer, "dropped.bin")
+    assert "dropped.bin" not in listed(sdk, coffer)
 
-    r = client.put(path, content=data)
-    assert r.status_code == 200, r.text
+    sdk.put_object(coffer, "dropped.bin", data)
     assert len(region_files(data_dir) - before) == 1
-    assert client.get(path).content == data
+    assert fetch(sdk, coffer, "dropped.bin") == data
 
 
 def test_body_shorter_than_content_length_leaves_no_trace(own):
     """The client sends fewer bytes than it declared and then half-closes: refused, no trace."""
-    client, coffer, data_dir = own.client, own.coffer, own.srv.data_dir
+    client, sdk, coffer, data_dir = own.client, own.sdk, own.coffer, own.srv.data_dir
     path = f"/{coffer}/short.bin"
     before = region_files(data_dir)
     up = RawUpload(client, path, 3 * MiB)
@@ -397,9 +403,10 @@ def test_body_shorter_than_content_length_leaves_no_trace(own):
     wait_until(lambda: writing_rows(data_dir) == [] and tmp_files(data_dir) == [],
                what="the server to drop the short upload")
     assert region_files(data_dir) == before
-    check_error(client.get(path), 404, "ObjectNotExists")
-    r = client.put(path, content=b"complete now")
-    assert r.status_code == 200, r.text
+    with pytest.raises(errors.ObjectNotExists):
+        sdk.get_object(coffer, "short.bin")
+    sdk.put_object(coffer, "short.bin", b"complete now")
+    assert fetch(sdk, coffer, "short.bin") == b"complete now"
 
 
 # -- 4. corruption is never served silently -------------------------------------------------
@@ -429,13 +436,12 @@ def test_corrupt_blob_is_never_served_as_a_good_answer(own, size, damage_at):
     A Range read is not re-checked (the whole object would have to be read for it); it reads
     the bytes on disk, so only a range away from the damage is asserted here.
     """
-    client, coffer, data_dir = own.client, own.coffer, own.srv.data_dir
+    client, sdk, coffer, data_dir = own.client, own.sdk, own.coffer, own.srv.data_dir
     key = f"corrupt-{size}-{damage_at}.bin"
     path = f"/{coffer}/{key}"
     data = os.urandom(size)
     before = region_files(data_dir)
-    r = client.put(path, content=data)
-    assert r.status_code == 200, r.text
+    sdk.put_object(coffer, key, data)
     (blob,) = region_files(data_dir) - before
     assert blob.startswith("regions/ap-tianjin/blobs/")
     _flip_byte(data_dir / blob, damage_at)
@@ -445,7 +451,8 @@ def test_corrupt_blob_is_never_served_as_a_good_answer(own, size, damage_at):
 
     for _ in range(2):  # and again: nothing remembers a damaged read as good
         if size <= 1024 * 1024:  # read whole before the answer: refused before any byte
-            check_error(client.get(path), 500, "InternalError")
+            with pytest.raises(errors.InternalError):  # the SDK client does not retry
+                sdk.get_object(coffer, key)
             continue
         got = bytearray()
         with client.http.stream("GET", _signed_url(client, path),
@@ -461,17 +468,15 @@ def test_corrupt_blob_is_never_served_as_a_good_answer(own, size, damage_at):
     wait_until(lambda: "SHA-256 mismatch" in own.srv.log()[len(log_before):],
                what="the server log to report the SHA-256 mismatch")
 
-    r = client.head(path)
-    assert r.status_code == 200
-    assert r.headers["x-cdcs-checksum-sha256"] == hashlib.sha256(data).hexdigest()
+    assert sdk.head_object(coffer, key).sha256 == hashlib.sha256(data).hexdigest()
     first, last = (0, 9) if damage_at > 100 else (size - 10, size - 1)
-    r = client.get(path, headers={"Range": f"bytes={first}-{last}"})
-    assert r.status_code == 206
-    assert r.content == data[first:last + 1]
+    with sdk.get_object(coffer, key, byte_range=(first, last)) as r:
+        assert r.status == 206
+        assert r.span == (first, last)
+        assert r.read() == data[first:last + 1]
     # The server is still healthy for other objects.
-    r = client.put(f"/{coffer}/after-{key}", content=b"fine")
-    assert r.status_code == 200
-    assert client.get(f"/{coffer}/after-{key}").content == b"fine"
+    sdk.put_object(coffer, f"after-{key}", b"fine")
+    assert fetch(sdk, coffer, f"after-{key}") == b"fine"
 
 
 def _signed_url(client: SignedClient, path: str) -> str:
@@ -495,9 +500,9 @@ def test_crash_after_blob_rename_before_commit_is_cleaned_at_start(restartable):
     as the control, a reservation of a writer on another host whose lease is still running,
     which start-up recovery must leave alone."""
     srv = restartable
-    client = new_client(srv)
+    sdk = new_sdk(srv)
     coffer = f"staged-{OWN_APP_ID}"
-    client.make_coffer(coffer)
+    sdk.create_coffer(coffer, ["ap-tianjin"])
     srv.stop()
 
     host = socket.gethostname()
@@ -540,18 +545,18 @@ def test_crash_after_blob_rename_before_commit_is_cleaned_at_start(restartable):
     assert paths["foreign.bin"].exists()
     assert [k for k, _, _ in writing_rows(srv.data_dir)] == ["foreign.bin"]
     assert blob_files(srv.data_dir) == []
-    assert listed(client, coffer) == {}
+    assert listed(sdk, coffer) == {}
     for key in ("renamed.bin", "lapsed.bin", "foreign.bin"):
-        check_error(client.get(f"/{coffer}/{key}"), 404, "ObjectNotExists")
+        with pytest.raises(errors.ObjectNotExists):
+            sdk.get_object(coffer, key)
     for key in ("renamed.bin", "lapsed.bin"):
-        r = client.put(f"/{coffer}/{key}", content=key.encode())
-        assert r.status_code == 200, r.text
-        assert client.get(f"/{coffer}/{key}").content == key.encode()
-    check_error(client.put(f"/{coffer}/foreign.bin", content=b"no"), 409,
-                "ObjectAlreadyUploading")
-    assert set(listed(client, coffer)) == {"renamed.bin", "lapsed.bin"}
+        sdk.put_object(coffer, key, key.encode())
+        assert fetch(sdk, coffer, key) == key.encode()
+    with pytest.raises(errors.ObjectAlreadyUploading):
+        sdk.put_object(coffer, "foreign.bin", b"no")
+    assert set(listed(sdk, coffer)) == {"renamed.bin", "lapsed.bin"}
     assert uploads_in_progress(srv) == 1
-    client.close()
+    sdk.close()
 
 
 def test_stalled_upload_is_abandoned_and_frees_the_key(tmp_path):
@@ -560,9 +565,10 @@ def test_stalled_upload_is_abandoned_and_frees_the_key(tmp_path):
     srv = ServerProcess(tmp_path / "data", env={"DATACOFFER_BODY_TIMEOUT": "1"})
     srv.start()
     try:
-        client = new_client(srv)
+        sdk = new_sdk(srv)
+        client = SignedClient.of(sdk)
         coffer = f"stall-{OWN_APP_ID}"
-        client.make_coffer(coffer)
+        sdk.create_coffer(coffer, ["ap-tianjin"])
         path = f"/{coffer}/stalled.bin"
         up = RawUpload(client, path, 1000)
         up.send(b"x" * 10)
@@ -574,8 +580,10 @@ def test_stalled_upload_is_abandoned_and_frees_the_key(tmp_path):
         assert b"No body bytes arrived for 1 seconds" in answer.content
         assert 0.9 <= waited < 10
         assert writing_rows(srv.data_dir) == [] and tmp_files(srv.data_dir) == []
-        assert client.put(path, content=b"now complete").status_code == 200
+        sdk.put_object(coffer, "stalled.bin", b"now complete")
+        assert fetch(sdk, coffer, "stalled.bin") == b"now complete"
         client.close()
+        sdk.close()
     finally:
         srv.stop()
 
@@ -583,9 +591,9 @@ def test_stalled_upload_is_abandoned_and_frees_the_key(tmp_path):
 def test_delete_coffer_is_not_locked_by_a_dead_writer(own, tmp_path):
     """A reservation left by a writer that died (staged while the server runs) does not keep
     the coffer locked: DeleteCoffer reclaims it and deletes the coffer; a live one locks it."""
-    client, srv = own.client, own.srv
+    sdk, srv = own.sdk, own.srv
     coffer = f"dead-writer-{OWN_APP_ID}"
-    client.make_coffer(coffer)
+    sdk.create_coffer(coffer, ["ap-tianjin"])
     now = int(time.time() * 1000)
     db = sqlite3.connect(srv.data_dir / "metadata.db", timeout=10)
     (coffer_id,) = db.execute("SELECT id FROM coffers WHERE name = ?", (coffer,)).fetchone()
@@ -597,10 +605,12 @@ def test_delete_coffer_is_not_locked_by_a_dead_writer(own, tmp_path):
             " VALUES (?, ?, 'writing', ?, ?, '', 0, '', '', 0, ?, ?, ?)",
             (coffer_id, key, OWN_UIN, secrets.token_hex(16), now, holder, lease))
     db.commit()
-    check_error(client.delete(f"/{coffer}"), 409, "AlreadyLock")  # the live one holds it
+    with pytest.raises(errors.AlreadyLock):  # the live one holds it (the SDK does not retry)
+        sdk.delete_coffer(coffer)
     db.execute("DELETE FROM objects WHERE key = 'live.bin'")
     db.commit()
     db.close()
-    r = client.delete(f"/{coffer}")
-    assert r.status_code == 204, r.text
+    sdk.delete_coffer(coffer)
+    with pytest.raises(errors.NoSuchCoffer):
+        sdk.get_coffer(coffer)
     assert [row for row in writing_rows(srv.data_dir) if row[0] == "dead.bin"] == []

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import secrets
 import sqlite3
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from datacoffer.client import Client, errors
 from tests.serverproc import ServerProcess, SignedClient
 from tests.test_durability import (
     OWN_APP_ID,
@@ -38,7 +37,9 @@ from tests.test_durability import (
     blob_files,
     check_error,
     db_rows,
-    new_client,
+    fetch,
+    md5_hex,
+    new_sdk,
     own_server,
     tmp_files,
     wait_until,
@@ -51,62 +52,51 @@ KiB = 1024
 
 
 def etag_of(data: bytes) -> str:
+    """The ETag header of an answer to raw UploadPart of `data`."""
     return f'"{hashlib.md5(data).hexdigest()}"'
 
 
-def initiate(client: SignedClient, coffer: str, key: str) -> str:
-    r = client.request("POST", f"/{coffer}/{key}", params={"uploads": ""})
-    assert r.status_code == 200, r.text
-    doc = json.loads(r.content)
-    assert (doc["Coffer"], doc["Key"]) == (coffer, key)
-    assert len(doc["UploadId"]) >= 32
-    return doc["UploadId"]
+def initiate(sdk: Client, coffer: str, key: str) -> str:
+    upload = sdk.initiate_multipart_upload(coffer, key)
+    assert (upload.coffer, upload.key) == (coffer, key)
+    assert len(upload.upload_id) >= 32
+    return upload.upload_id
 
 
-def part_params(upload_id: str, number: int) -> dict[str, str]:
-    return {"partNumber": str(number), "uploadId": upload_id}
-
-
-def put_part(client: SignedClient, coffer: str, key: str, upload_id: str, number: int,
+def put_part(sdk: Client, coffer: str, key: str, upload_id: str, number: int,
              data: bytes) -> str:
     """UploadPart, expected to succeed; returns the ETag answered (checked against the MD5)."""
-    r = client.put(f"/{coffer}/{key}", params=part_params(upload_id, number), content=data)
-    assert r.status_code == 200, (number, r.status_code, r.text)
-    assert r.headers["etag"] == etag_of(data)
-    return r.headers["etag"]
+    part = sdk.upload_part(coffer, key, upload_id, number, data, length=len(data))
+    assert part.etag == md5_hex(data), number
+    return part.etag
 
 
 def raw_part(client: SignedClient, coffer: str, key: str, upload_id: str, number: int,
              length: int) -> RawUpload:
     """An UploadPart whose body the test sends piecewise."""
-    return RawUpload(client, f"/{coffer}/{key}", length, params=part_params(upload_id, number))
+    return RawUpload(client, f"/{coffer}/{key}", length,
+                     params={"partNumber": str(number), "uploadId": upload_id})
 
 
-def list_parts_xml(client: SignedClient, coffer: str, key: str,
-                   upload_id: str) -> list[tuple[int, str, int]]:
-    """ListParts: every <Part> as (PartNumber, ETag, Size), in the order listed."""
-    r = client.get(f"/{coffer}/{key}", params={"uploadId": upload_id})
-    assert r.status_code == 200, r.text
-    root = ET.fromstring(r.content)
-    assert root.tag == "ListPartsResult"
-    assert root.findtext("UploadId") == upload_id
-    assert root.findtext("IsTruncated") == "false"
-    return [(int(p.findtext("PartNumber")), p.findtext("ETag"), int(p.findtext("Size")))
-            for p in root.findall("Part")]
+def listed_parts(sdk: Client, coffer: str, key: str,
+                 upload_id: str) -> list[tuple[int, str, int]]:
+    """ListParts: every part as (PartNumber, ETag, Size), in the order listed."""
+    listing = sdk.list_parts(coffer, key, upload_id)
+    assert listing.upload_id == upload_id
+    assert not listing.is_truncated
+    return [(p.number, p.etag, p.size) for p in listing.parts]
 
 
 def parts_of(data: dict[int, bytes]) -> list[tuple[int, str, int]]:
     """What ListParts should show for these part bodies."""
-    return [(n, etag_of(body), len(body)) for n, body in sorted(data.items())]
+    return [(n, md5_hex(body), len(body)) for n, body in sorted(data.items())]
 
 
-def listed_uploads(client: SignedClient, coffer: str) -> list[tuple[str, str]]:
+def listed_uploads(sdk: Client, coffer: str) -> list[tuple[str, str]]:
     """ListMultipartUploads: (Key, UploadId) of every upload in progress."""
-    r = client.get(f"/{coffer}", params={"uploads": ""})
-    assert r.status_code == 200, r.text
-    doc = json.loads(r.content)
-    assert doc["IsTruncated"] == "false"
-    return [(u["Key"], u["UploadId"]) for u in doc["Upload"]]
+    listing = sdk.list_multipart_uploads(coffer)
+    assert not listing.is_truncated
+    return [(u.key, u.upload_id) for u in listing.uploads]
 
 
 def part_rows(data_dir: Path, upload_id: str) -> list[tuple[int, str, str]]:
@@ -174,12 +164,13 @@ def test_sigkill_during_upload_part_keeps_acknowledged_parts(tmp_path):
     srv = ServerProcess(tmp_path / "data")
     srv.start()
     try:
-        client = new_client(srv)
+        sdk = new_sdk(srv)
+        client = SignedClient.of(sdk)
         coffer, key = f"mp-crash-{OWN_APP_ID}", "crashed/upload.bin"
-        client.make_coffer(coffer)
-        upload_id = initiate(client, coffer, key)
+        sdk.create_coffer(coffer, ["ap-tianjin"])
+        upload_id = initiate(sdk, coffer, key)
         data = {1: os.urandom(MiB + 17), 2: os.urandom(300 * KiB + 3)}
-        etags = {n: put_part(client, coffer, key, upload_id, n, body)
+        etags = {n: put_part(sdk, coffer, key, upload_id, n, body)
                  for n, body in data.items()}
 
         up = raw_part(client, coffer, key, upload_id, 3, 16 * MiB)
@@ -192,9 +183,9 @@ def test_sigkill_during_upload_part_keeps_acknowledged_parts(tmp_path):
         assert len(tmp_files(srv.data_dir)) == 1  # the part write died mid-body
         srv.start()
 
-        assert list_parts_xml(client, coffer, key, upload_id) == [
+        assert listed_parts(sdk, coffer, key, upload_id) == [
             (1, etags[1], len(data[1])), (2, etags[2], len(data[2]))]
-        assert listed_uploads(client, coffer) == [(key, upload_id)]
+        assert listed_uploads(sdk, coffer) == [(key, upload_id)]
         assert tmp_files(srv.data_dir) == []
         assert part_rows(srv.data_dir, upload_id) == [
             (n, "stored", b) for n, b in sorted(stored_blob_ids(srv.data_dir, upload_id).items())]
@@ -203,17 +194,19 @@ def test_sigkill_during_upload_part_keeps_acknowledged_parts(tmp_path):
         check_blobs_hold(srv.data_dir, upload_id, data)
 
         data[3] = os.urandom(2 * MiB + 5)
-        put_part(client, coffer, key, upload_id, 3, data[3])
-        assert list_parts_xml(client, coffer, key, upload_id) == parts_of(data)
+        put_part(sdk, coffer, key, upload_id, 3, data[3])
+        assert listed_parts(sdk, coffer, key, upload_id) == parts_of(data)
         assert len(blob_files(srv.data_dir)) == 3
         check_blobs_hold(srv.data_dir, upload_id, data)
 
         # The upload still holds its key.
-        check_error(client.put(f"/{coffer}/{key}", content=b"x"), 409, "ObjectAlreadyUploading")
-        r = client.request("POST", f"/{coffer}/{key}", params={"uploads": ""})
-        check_error(r, 409, "ObjectAlreadyUploading")
-        assert listed_uploads(client, coffer) == [(key, upload_id)]
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sdk.put_object(coffer, key, b"x")
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sdk.initiate_multipart_upload(coffer, key)
+        assert listed_uploads(sdk, coffer) == [(key, upload_id)]
         client.close()
+        sdk.close()
     finally:
         srv.stop()
 
@@ -222,14 +215,14 @@ def test_sigkill_during_upload_part_keeps_acknowledged_parts(tmp_path):
 
 
 def test_replaced_part_leaves_one_blob_file(mp):
-    client, coffer, data_dir = mp.client, mp.coffer, mp.srv.data_dir
+    sdk, coffer, data_dir = mp.sdk, mp.coffer, mp.srv.data_dir
     key = "replaced.bin"
-    upload_id = initiate(client, coffer, key)
+    upload_id = initiate(sdk, coffer, key)
     before = blob_names(data_dir)
     bodies = [os.urandom(200 * KiB), os.urandom(MiB + 1), b"third and last body"]
     for body in bodies:
-        put_part(client, coffer, key, upload_id, 1, body)
-        assert list_parts_xml(client, coffer, key, upload_id) == parts_of({1: body})
+        put_part(sdk, coffer, key, upload_id, 1, body)
+        assert listed_parts(sdk, coffer, key, upload_id) == parts_of({1: body})
         (added,) = blob_names(data_dir) - before
         assert blob_names(data_dir) - {added} == before
         assert stored_blob_ids(data_dir, upload_id) == {1: added}
@@ -243,14 +236,13 @@ def test_replaced_part_leaves_one_blob_file(mp):
 
 
 def test_abort_with_a_part_streaming_leaves_no_file(mp):
-    client, coffer, data_dir = mp.client, mp.coffer, mp.srv.data_dir
+    client, sdk, coffer, data_dir = mp.client, mp.sdk, mp.coffer, mp.srv.data_dir
     key = "aborted.bin"
-    path = f"/{coffer}/{key}"
     before = blob_names(data_dir)
-    upload_id = initiate(client, coffer, key)
+    upload_id = initiate(sdk, coffer, key)
     data = {1: os.urandom(MiB), 2: os.urandom(64 * KiB), 4: b"four"}
     for number, body in data.items():
-        put_part(client, coffer, key, upload_id, number, body)
+        put_part(sdk, coffer, key, upload_id, number, body)
     assert len(blob_names(data_dir) - before) == 3
 
     held = os.urandom(4 * MiB)
@@ -258,9 +250,7 @@ def test_abort_with_a_part_streaming_leaves_no_file(mp):
     try:
         up.send(held[: 2 * MiB])
         wait_part_streaming(data_dir, upload_id, MiB)
-        r = client.delete(path, params={"uploadId": upload_id})
-        assert r.status_code == 204, r.text
-        assert r.content == b""
+        sdk.abort_multipart_upload(coffer, key, upload_id)
         answer = finish_body(up, held[2 * MiB:])
     finally:
         up.close()
@@ -272,17 +262,18 @@ def test_abort_with_a_part_streaming_leaves_no_file(mp):
     assert blob_names(data_dir) == before
     assert db_rows(data_dir, "SELECT count(*) FROM uploads WHERE upload_id = ?",
                    upload_id) == [(0,)]
-    assert (key, upload_id) not in listed_uploads(client, coffer)
-    check_error(client.get(path, params={"uploadId": upload_id}), 404, "NoSuchUpload")
-    r = client.put(path, params=part_params(upload_id, 5), content=b"late")
-    check_error(r, 404, "NoSuchUpload")
-    check_error(client.delete(path, params={"uploadId": upload_id}), 404, "NoSuchUpload")
+    assert (key, upload_id) not in listed_uploads(sdk, coffer)
+    with pytest.raises(errors.NoSuchUpload):
+        sdk.list_parts(coffer, key, upload_id)
+    with pytest.raises(errors.NoSuchUpload):
+        sdk.upload_part(coffer, key, upload_id, 5, b"late", length=4)
+    with pytest.raises(errors.NoSuchUpload):
+        sdk.abort_multipart_upload(coffer, key, upload_id)
     assert blob_names(data_dir) == before
     assert tmp_files(data_dir) == []
     # The key is free again.
-    r = client.put(path, content=b"a plain object now")
-    assert r.status_code == 200, r.text
-    assert client.get(path).content == b"a plain object now"
+    sdk.put_object(coffer, key, b"a plain object now")
+    assert fetch(sdk, coffer, key) == b"a plain object now"
 
 
 def test_part_writer_killed_after_an_abort_leaves_nothing(tmp_path):
@@ -291,24 +282,24 @@ def test_part_writer_killed_after_an_abort_leaves_nothing(tmp_path):
     srv = ServerProcess(tmp_path / "data")
     srv.start()
     try:
-        client = new_client(srv)
+        sdk = new_sdk(srv)
+        client = SignedClient.of(sdk)
         coffer, key = f"mp-abort-kill-{OWN_APP_ID}", "k.bin"
-        client.make_coffer(coffer)
-        upload_id = initiate(client, coffer, key)
-        put_part(client, coffer, key, upload_id, 1, b"stored part")
+        sdk.create_coffer(coffer, ["ap-tianjin"])
+        upload_id = initiate(sdk, coffer, key)
+        put_part(sdk, coffer, key, upload_id, 1, b"stored part")
         held = os.urandom(4 * MiB)
         up = raw_part(client, coffer, key, upload_id, 2, len(held))
         try:
             up.send(held[: 2 * MiB])
             wait_part_streaming(srv.data_dir, upload_id, MiB)
-            r = client.delete(f"/{coffer}/{key}", params={"uploadId": upload_id})
-            assert r.status_code == 204, r.text
+            sdk.abort_multipart_upload(coffer, key, upload_id)
             assert [state for _, state, _ in part_rows(srv.data_dir, upload_id)] == ["writing"]
             assert db_rows(srv.data_dir, "SELECT state FROM uploads WHERE upload_id = ?",
                            upload_id) == [("aborted",)]
-            check_error(client.get(f"/{coffer}/{key}", params={"uploadId": upload_id}), 404,
-                        "NoSuchUpload")
-            assert (key, upload_id) not in listed_uploads(client, coffer)
+            with pytest.raises(errors.NoSuchUpload):
+                sdk.list_parts(coffer, key, upload_id)
+            assert (key, upload_id) not in listed_uploads(sdk, coffer)
             srv.kill()
         finally:
             up.close()
@@ -317,8 +308,10 @@ def test_part_writer_killed_after_an_abort_leaves_nothing(tmp_path):
         assert db_rows(srv.data_dir, "SELECT count(*) FROM uploads WHERE upload_id = ?",
                        upload_id) == [(0,)]
         assert tmp_files(srv.data_dir) == [] and blob_names(srv.data_dir) == set()
-        assert client.put(f"/{coffer}/{key}", content=b"free").status_code == 200
+        sdk.put_object(coffer, key, b"free")
+        assert fetch(sdk, coffer, key) == b"free"
         client.close()
+        sdk.close()
     finally:
         srv.stop()
 
@@ -327,24 +320,23 @@ def test_part_writer_killed_after_an_abort_leaves_nothing(tmp_path):
 
 
 def test_parallel_parts_are_all_stored(mp):
-    client, coffer, data_dir = mp.client, mp.coffer, mp.srv.data_dir
+    sdk, coffer, data_dir = mp.sdk, mp.coffer, mp.srv.data_dir
     key = "parallel.bin"
-    upload_id = initiate(client, coffer, key)
+    upload_id = initiate(sdk, coffer, key)
     before = blob_names(data_dir)
     data = {n: os.urandom(256 * KiB + n) for n in range(1, 9)}
     barrier = threading.Barrier(len(data))
 
     def one(number: int):
         barrier.wait()
-        return client.put(f"/{coffer}/{key}", params=part_params(upload_id, number),
-                          content=data[number])
+        return sdk.upload_part(coffer, key, upload_id, number, data[number],
+                               length=len(data[number]))
 
     with ThreadPoolExecutor(len(data)) as pool:
         answers = dict(zip(data, pool.map(one, data), strict=True))
-    for number, r in answers.items():
-        assert r.status_code == 200, (number, r.text)
-        assert r.headers["etag"] == etag_of(data[number])
-    assert list_parts_xml(client, coffer, key, upload_id) == parts_of(data)
+    for number, part in answers.items():
+        assert (part.number, part.etag) == (number, md5_hex(data[number]))
+    assert listed_parts(sdk, coffer, key, upload_id) == parts_of(data)
     assert len(blob_names(data_dir) - before) == 8
     assert blob_names(data_dir) - set(stored_blob_ids(data_dir, upload_id).values()) == before
     check_blobs_hold(data_dir, upload_id, data)
@@ -354,9 +346,9 @@ def test_parallel_parts_are_all_stored(mp):
 def test_two_concurrent_uploads_of_one_part_number(mp):
     """Both part writes are streaming at once (each has its tmp file) before either ends:
     both are acknowledged, the one committed last is the part, the other's file is gone."""
-    client, coffer, data_dir = mp.client, mp.coffer, mp.srv.data_dir
+    client, sdk, coffer, data_dir = mp.client, mp.sdk, mp.coffer, mp.srv.data_dir
     key = "same-part.bin"
-    upload_id = initiate(client, coffer, key)
+    upload_id = initiate(sdk, coffer, key)
     before = blob_names(data_dir)
     bodies = [os.urandom(3 * MiB), os.urandom(3 * MiB + 1)]
     ups = [raw_part(client, coffer, key, upload_id, 1, len(b)) for b in bodies]
@@ -376,10 +368,10 @@ def test_two_concurrent_uploads_of_one_part_number(mp):
         assert answer is not None
         assert answer.status_code == 200, answer
         assert answer.headers["etag"] == etag_of(body)
-    (listed,) = list_parts_xml(client, coffer, key, upload_id)
+    (listed,) = listed_parts(sdk, coffer, key, upload_id)
     assert listed[0] == 1
-    (winner,) = [b for b in bodies if etag_of(b) == listed[1]]
-    assert listed == (1, etag_of(winner), len(winner))
+    (winner,) = [b for b in bodies if md5_hex(b) == listed[1]]
+    assert listed == (1, md5_hex(winner), len(winner))
     (added,) = blob_names(data_dir) - before
     assert stored_blob_ids(data_dir, upload_id) == {1: added}
     check_blobs_hold(data_dir, upload_id, {1: winner})
@@ -387,24 +379,20 @@ def test_two_concurrent_uploads_of_one_part_number(mp):
 
 
 def test_list_parts_during_reuploads_sees_exactly_one_part(mp):
-    client, coffer, data_dir = mp.client, mp.coffer, mp.srv.data_dir
+    sdk, coffer, data_dir = mp.sdk, mp.coffer, mp.srv.data_dir
     key = "reuploaded.bin"
-    upload_id = initiate(client, coffer, key)
+    upload_id = initiate(sdk, coffer, key)
     before = blob_names(data_dir)
     other = os.urandom(100 * KiB)
-    put_part(client, coffer, key, upload_id, 2, other)
+    put_part(sdk, coffer, key, upload_id, 2, other)
     first = os.urandom(128 * KiB)
-    etags = {put_part(client, coffer, key, upload_id, 1, first)}
+    etags = {put_part(sdk, coffer, key, upload_id, 1, first)}
     seen: list[list[tuple[int, str, int]]] = []
     stop = threading.Event()
 
-    def reader() -> None:
-        reader_client = SignedClient(client.base_url, client.secret_id, client.secret_key)
-        try:
-            while not stop.is_set():
-                seen.append(list_parts_xml(reader_client, coffer, key, upload_id))
-        finally:
-            reader_client.close()
+    def reader() -> None:  # the SDK client is thread-safe: both threads share it
+        while not stop.is_set():
+            seen.append(listed_parts(sdk, coffer, key, upload_id))
 
     sizes = {128 * KiB}
     with ThreadPoolExecutor(1) as pool:
@@ -412,7 +400,7 @@ def test_list_parts_during_reuploads_sees_exactly_one_part(mp):
         try:
             for round_ in range(30):
                 body = os.urandom(128 * KiB + round_ + 1)
-                etags.add(put_part(client, coffer, key, upload_id, 1, body))
+                etags.add(put_part(sdk, coffer, key, upload_id, 1, body))
                 sizes.add(len(body))
         finally:
             stop.set()
@@ -422,8 +410,8 @@ def test_list_parts_during_reuploads_sees_exactly_one_part(mp):
         ones = [p for p in listing if p[0] == 1]
         assert len(ones) == 1, listing
         assert ones[0][1] in etags and ones[0][2] in sizes, listing
-        assert [p for p in listing if p[0] != 1] == [(2, etag_of(other), len(other))]
-    assert list_parts_xml(client, coffer, key, upload_id) == parts_of({1: body, 2: other})
+        assert [p for p in listing if p[0] != 1] == [(2, md5_hex(other), len(other))]
+    assert listed_parts(sdk, coffer, key, upload_id) == parts_of({1: body, 2: other})
     assert len(blob_names(data_dir) - before) == 2
     check_blobs_hold(data_dir, upload_id, {1: body, 2: other})
     assert tmp_files(data_dir) == []
@@ -435,20 +423,22 @@ def test_list_parts_during_reuploads_sees_exactly_one_part(mp):
 def test_two_processes_share_an_upload(two_servers):
     a, b = two_servers
     a.start()
-    ca = new_client(a)
+    sa = new_sdk(a)
     b.start()
-    cb = SignedClient(b.base_url, ca.secret_id, ca.secret_key)
+    sb = b.sdk_like(sa)
+    ca = SignedClient.of(sa)  # for the part the test paces itself
     coffer, key = f"mp-shared-{OWN_APP_ID}", "shared.bin"
-    ca.make_coffer(coffer)
-    upload_id = initiate(ca, coffer, key)
+    sa.create_coffer(coffer, ["ap-tianjin"])
+    upload_id = initiate(sa, coffer, key)
     data: dict[int, bytes] = {}
     for number in range(1, 7):
         data[number] = os.urandom(200 * KiB + number)
-        put_part((ca, cb)[number % 2], coffer, key, upload_id, number, data[number])
-    assert list_parts_xml(ca, coffer, key, upload_id) == parts_of(data)
-    assert list_parts_xml(cb, coffer, key, upload_id) == parts_of(data)
-    assert listed_uploads(cb, coffer) == [(key, upload_id)]
-    check_error(cb.put(f"/{coffer}/{key}", content=b"x"), 409, "ObjectAlreadyUploading")
+        put_part((sa, sb)[number % 2], coffer, key, upload_id, number, data[number])
+    assert listed_parts(sa, coffer, key, upload_id) == parts_of(data)
+    assert listed_parts(sb, coffer, key, upload_id) == parts_of(data)
+    assert listed_uploads(sb, coffer) == [(key, upload_id)]
+    with pytest.raises(errors.ObjectAlreadyUploading):
+        sb.put_object(coffer, key, b"x")
 
     # A part streaming on A while B starts: B's recovery must leave A's live write alone.
     b.stop()
@@ -465,7 +455,7 @@ def test_two_processes_share_an_upload(two_servers):
         assert tmp.exists()
         assert [r for r in part_rows(a.data_dir, upload_id) if r[1] == "writing"] == [row]
         # Still listed as it was: the streaming part is not a part yet.
-        assert list_parts_xml(cb, coffer, key, upload_id) == parts_of(
+        assert listed_parts(sb, coffer, key, upload_id) == parts_of(
             {n: d for n, d in data.items() if n != 7})
         answer = finish_body(up, data[7][2 * MiB:])
     finally:
@@ -473,13 +463,13 @@ def test_two_processes_share_an_upload(two_servers):
     assert answer is not None
     assert answer.status_code == 200, answer
     assert answer.headers["etag"] == etag_of(data[7])
-    assert list_parts_xml(cb, coffer, key, upload_id) == parts_of(data)
-    assert list_parts_xml(ca, coffer, key, upload_id) == parts_of(data)
+    assert listed_parts(sb, coffer, key, upload_id) == parts_of(data)
+    assert listed_parts(sa, coffer, key, upload_id) == parts_of(data)
     check_blobs_hold(a.data_dir, upload_id, data)
     assert len(blob_files(a.data_dir)) == len(data)
     assert tmp_files(a.data_dir) == []
-    ca.close()
-    cb.close()
+    for c in (ca, sa, sb):
+        c.close()
 
 
 # -- 6. a stalled part write ----------------------------------------------------------------
@@ -489,12 +479,13 @@ def test_stalled_part_is_dropped_and_the_upload_stays_usable(tmp_path):
     srv = ServerProcess(tmp_path / "data", env={"DATACOFFER_BODY_TIMEOUT": "1"})
     srv.start()
     try:
-        client = new_client(srv)
+        sdk = new_sdk(srv)
+        client = SignedClient.of(sdk)
         coffer, key = f"mp-stall-{OWN_APP_ID}", "stalled.bin"
-        client.make_coffer(coffer)
-        upload_id = initiate(client, coffer, key)
+        sdk.create_coffer(coffer, ["ap-tianjin"])
+        upload_id = initiate(sdk, coffer, key)
         data = {1: os.urandom(300 * KiB)}
-        put_part(client, coffer, key, upload_id, 1, data[1])
+        put_part(sdk, coffer, key, upload_id, 1, data[1])
 
         up = raw_part(client, coffer, key, upload_id, 2, 1000)
         try:
@@ -509,17 +500,19 @@ def test_stalled_part_is_dropped_and_the_upload_stays_usable(tmp_path):
         assert 0.9 <= waited < 10
         assert tmp_files(srv.data_dir) == []
         assert [s for _, s, _ in part_rows(srv.data_dir, upload_id)] == ["stored"]
-        assert list_parts_xml(client, coffer, key, upload_id) == parts_of(data)
+        assert listed_parts(sdk, coffer, key, upload_id) == parts_of(data)
         assert len(blob_files(srv.data_dir)) == 1
 
         data[2] = os.urandom(1000)
-        put_part(client, coffer, key, upload_id, 2, data[2])
-        assert list_parts_xml(client, coffer, key, upload_id) == parts_of(data)
+        put_part(sdk, coffer, key, upload_id, 2, data[2])
+        assert listed_parts(sdk, coffer, key, upload_id) == parts_of(data)
         check_blobs_hold(srv.data_dir, upload_id, data)
-        assert listed_uploads(client, coffer) == [(key, upload_id)]
-        check_error(client.put(f"/{coffer}/{key}", content=b"x"), 409, "ObjectAlreadyUploading")
+        assert listed_uploads(sdk, coffer) == [(key, upload_id)]
+        with pytest.raises(errors.ObjectAlreadyUploading):
+            sdk.put_object(coffer, key, b"x")
         assert db_rows(srv.data_dir, "SELECT initiator_uin FROM uploads") == [(OWN_UIN,)]
         client.close()
+        sdk.close()
     finally:
         srv.stop()
 
@@ -530,11 +523,11 @@ def test_discarded_part_left_by_a_crash_is_purged_at_start(tmp_path):
     next start removes both, and the upload is untouched."""
     srv = ServerProcess(tmp_path / "data")
     srv.start()
-    client = new_client(srv)
+    sdk = new_sdk(srv)
     coffer, key = f"mp-purge-{OWN_APP_ID}", "p.bin"
-    client.make_coffer(coffer)
-    upload_id = initiate(client, coffer, key)
-    put_part(client, coffer, key, upload_id, 1, b"kept")
+    sdk.create_coffer(coffer, ["ap-tianjin"])
+    upload_id = initiate(sdk, coffer, key)
+    put_part(sdk, coffer, key, upload_id, 1, b"kept")
     srv.stop()
     blob_id = secrets.token_hex(16)
     path = srv.data_dir / "regions" / "ap-tianjin" / "blobs" / blob_id[:2] / blob_id
@@ -549,7 +542,7 @@ def test_discarded_part_left_by_a_crash_is_purged_at_start(tmp_path):
     try:
         assert not path.exists()
         assert [state for _, state, _ in part_rows(srv.data_dir, upload_id)] == ["stored"]
-        assert list_parts_xml(client, coffer, key, upload_id) == parts_of({1: b"kept"})
-        client.close()
+        assert listed_parts(sdk, coffer, key, upload_id) == parts_of({1: b"kept"})
+        sdk.close()
     finally:
         srv.stop()

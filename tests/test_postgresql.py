@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from datacoffer.client import Client, errors
 from tests.serverproc import ServerProcess
 from tests.test_metadata import fresh_pg_url
 
@@ -30,33 +31,29 @@ def test_two_servers_share_postgresql_and_storage(tmp_path, pg_database):
     a.start()
     b.start()
     try:
-        ca = a.new_client()  # the account lives in PostgreSQL: B knows it too
+        ca = a.new_sdk()  # the account lives in PostgreSQL: B knows it too
         doc = b.admin("key", "create", "--uin", "100000000001")
-        cb = type(ca)(b.base_url, doc["SecretId"], doc["SecretKey"])
-        ca.make_coffer("shared-1250000000", "ap-tianjin", "ap-shanghai")
-        assert ca.put("/shared-1250000000/a.txt", content=b"written via A").status_code == 200
-        r = cb.get("/shared-1250000000/a.txt")
-        assert (r.status_code, r.content) == (200, b"written via A")
-        r = cb.put("/shared-1250000000/a.txt", content=b"again")
-        assert r.headers["x-cdcs-error-code"] == "ObjectAlreadyExistsOwnedByYou"
+        cb = Client(b.base_url, doc["SecretId"], doc["SecretKey"])
+        ca.create_coffer("shared-1250000000", ["ap-tianjin", "ap-shanghai"])
+        ca.put_object("shared-1250000000", "a.txt", b"written via A")
+        with cb.get_object("shared-1250000000", "a.txt") as r:
+            assert r.read() == b"written via A"
+        with pytest.raises(errors.ObjectAlreadyExistsOwnedByYou):
+            cb.put_object("shared-1250000000", "a.txt", b"again")
         keys = [f"k/{i}" for i in range(5)]
         for i, key in enumerate(keys):
             client = ca if i % 2 else cb
-            assert client.put(f"/shared-1250000000/{key}", content=key.encode()).status_code == 200
-        r = cb.get("/shared-1250000000", params={"prefix": "k/", "max-keys": "3"})
-        assert r.status_code == 200
-        assert [f"<Key>{k}</Key>".encode() in r.content for k in keys] == [
-            True, True, True, False, False]
+            client.put_object("shared-1250000000", key, key.encode())
+        page = cb.get_coffer("shared-1250000000", prefix="k/", max_keys=3)
+        assert [o.key for o in page.objects] == keys[:3]
+        assert page.is_truncated
         # a multipart upload started on A is seen and continued on B
-        r = ca.request("POST", "/shared-1250000000/big", params={"uploads": ""})
-        upload_id = r.json()["UploadId"]
-        r = cb.put("/shared-1250000000/big", params={"partNumber": "1", "uploadId": upload_id},
-                   content=b"part one")
-        assert r.status_code == 200
-        r = ca.get("/shared-1250000000/big", params={"uploadId": upload_id})
-        assert b"<PartNumber>1</PartNumber>" in r.content
-        assert cb.delete("/shared-1250000000/big",
-                         params={"uploadId": upload_id}).status_code == 204
+        upload_id = ca.initiate_multipart_upload("shared-1250000000", "big").upload_id
+        part = cb.upload_part("shared-1250000000", "big", upload_id, 1, b"part one", length=8)
+        listing = ca.list_parts("shared-1250000000", "big", upload_id)
+        assert [(p.number, p.etag, p.size) for p in listing.parts] == [(1, part.etag, 8)]
+        cb.abort_multipart_upload("shared-1250000000", "big", upload_id)
+        assert ca.list_multipart_uploads("shared-1250000000").uploads == []
         assert a.admin("status")["Metadata"] == "postgresql"
         ca.close()
         cb.close()

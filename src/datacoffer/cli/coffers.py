@@ -88,7 +88,8 @@ def list_command(session: Session, where: Remote | None, recursive: bool, long_:
     if where is None:
         listing = client.list_coffers()
         if session.json:
-            session.emit(listing.coffers)
+            session.emit([{"Name": c.name, "Locations": c.locations, "CreationDate": c.created}
+                          for c in listing.coffers])
         for c in listing.coffers:
             session.say(f"{when(c.created)}  {c.name}  {','.join(c.locations)}" if long_
                         else c.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def configure(session: Session, secret_id: str | None, secret_key_stdin: bool,
     if secret_key_stdin:
         values["secret_key"] = sys.stdin.readline().strip()
     interactive = sys.stdin.isatty()
-    endpoint = session.endpoint
+    endpoint = session.endpoint or os.environ.get(credentials.ENV["endpoint"])
     if not endpoint:
         endpoint = (click.prompt("Endpoint", default=credentials.DEFAULT_ENDPOINT)
                     if interactive else credentials.DEFAULT_ENDPOINT)
@@ -68,7 +69,7 @@ def configure(session: Session, secret_id: str | None, secret_key_stdin: bool,
                 usage(f"no {label}: give --secret-id/--secret-key-stdin or --credentials-json")
             values[name] = click.prompt(label, hide_input=name == "secret_key")
     values.update(endpoint=endpoint, region=region or "")
-    name = session.profile or credentials.DEFAULT_PROFILE
+    name = session.profile or os.environ.get("DATACOFFER_PROFILE") or credentials.DEFAULT_PROFILE
     if not no_check:
         with Client(endpoint, values["secret_id"], values["secret_key"],
                     values.get("token") or None, region or None) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -51,17 +52,22 @@ def _upload_jobs(source: Path, dest: Remote, recursive: bool) -> list[Job]:
     return [Job(True, source, Remote(dest.coffer, key), source.stat().st_size)]
 
 
-def _download_jobs(client: Client, source: Remote, dest: Path, recursive: bool) -> list[Job]:
+def _download_jobs(client: Client, source: Remote, destination: str,
+                   recursive: bool) -> list[Job]:
+    dest = Path(destination)
     if not recursive:
         if not source.key or source.key.endswith("/"):
             usage(f"{source} is a prefix: use --recursive")
         info = client.head_object(source.coffer, source.key)
-        target = dest / source.key.rsplit("/", 1)[-1] if dest.is_dir() else dest
+        into_dir = dest.is_dir() or destination.endswith(("/", os.sep))
+        target = dest / source.key.rsplit("/", 1)[-1] if into_dir else dest
         return [Job(False, target, source, info.size)]
     jobs = []
     root = dest.resolve()
-    for obj in client.list_objects(source.coffer, source.key):
-        rel = obj.key[len(source.key):].lstrip("/")
+    # a prefix is a "directory": dc://c/tree copies tree/…, never treehouse/…
+    prefix = source.key if not source.key or source.key.endswith("/") else source.key + "/"
+    for obj in client.list_objects(source.coffer, prefix):
+        rel = obj.key[len(prefix):].lstrip("/")
         target = (dest / rel).resolve()
         if not rel or obj.key.endswith("/") or root not in target.parents:
             continue  # a "directory" key names no file below dest
@@ -142,7 +148,7 @@ def copy(session: Session, source: str, destination: str, recursive: bool, paral
     if is_remote(destination):
         jobs = _upload_jobs(Path(source), parse(destination), recursive)
     else:
-        jobs = _download_jobs(client, parse(source), Path(destination), recursive)
+        jobs = _download_jobs(client, parse(source), destination, recursive)
     config = TransferConfig(threshold=threshold, part_size=part_size, concurrency=parallel)
     started = time.monotonic()
     outcomes: list[Outcome] = []

@@ -27,8 +27,9 @@ def cat(session: Session, source: Remote, byte_range: str | None) -> None:
     wanted = None
     if byte_range is not None:
         first, sep, last = byte_range.partition("-")
-        if not sep or not first.isdigit() or (last and not last.isdigit()):
-            usage(f"--range {byte_range!r}: expected FIRST-LAST or FIRST-")
+        if (not sep or not first.isdigit() or (last and not last.isdigit())
+                or (last and int(last) < int(first))):
+            usage(f"--range {byte_range!r}: expected FIRST-LAST or FIRST- (with FIRST <= LAST)")
         wanted = (int(first), int(last) if last else None)
     out = sys.stdout.buffer
     with session.client.get_object(source.coffer, source.key, byte_range=wanted) as reader:

@@ -156,7 +156,7 @@ class Client:
                 response = self._http.send(request, stream=stream)
                 if response.status_code < 400:
                     return response
-                raise self._failure(response)
+                raise self._failure(response, path[1:])
             except (errors.ServiceError, httpx.TransportError) as failure:
                 if once is not None or not self.retry.should_retry(attempt, failure,
                                                                    idempotent=idempotent):
@@ -168,12 +168,12 @@ class Client:
             attempt += 1
 
     @staticmethod
-    def _failure(response: httpx.Response) -> errors.ServiceError:
+    def _failure(response: httpx.Response, target: str) -> errors.ServiceError:
         body = response.read()
         response.close()
         code, message, trace, resource = parse.error(body, response.headers)
         return errors.from_response(
-            response.status_code, code, message, trace_id=trace, resource=resource,
+            response.status_code, code, message, trace_id=trace, resource=resource or target,
             request_id=response.headers.get("x-cdcs-request-id", ""))
 
     # -- coffers -----------------------------------------------------------------------------

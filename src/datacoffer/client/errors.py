@@ -20,8 +20,10 @@ class DataCofferError(Exception):
     status: int = 0
 
     def __init__(self, message: str, *, request_id: str = "", trace_id: str = "",
-                 resource: str = "") -> None:
+                 resource: str = "", status: int | None = None) -> None:
         super().__init__(message)
+        if status is not None:
+            self.status = status  # as answered (the class holds the code's usual status)
         self.message = message
         self.request_id = request_id
         self.trace_id = trace_id
@@ -88,8 +90,8 @@ def from_response(status: int, code: str, message: str, *, request_id: str = "",
         base = ServerFailure if status >= 500 else _BY_STATUS.get(status, InvalidRequest)
         cls = type(code or f"HTTP{status}", (base,), {"code": code, "status": status,
                                                      "__doc__": ""})
-    return cls(message or cls.__doc__ or f"HTTP {status}", request_id=request_id, trace_id=trace_id,
-               resource=resource)
+    return cls(message or cls.__doc__ or f"HTTP {status}", request_id=request_id,
+               trace_id=trace_id, resource=resource, status=status)
 
 
 def __getattr__(name: str) -> type[ServiceError]:
