@@ -205,19 +205,18 @@ def new_client(base_url: str, host_header: str, secret_id: str, secret_key: str,
 
 @dataclass(frozen=True)
 class Pass:
-    """Reading spans of a file at the SDK's chunk size and hashing them, `threads` at a time;
-    done `times` over (timed once, counted `times`)."""
+    """Reading spans of a file at the SDK's chunk size and hashing them, `threads` at a
+    time."""
 
     algorithms: tuple[str, ...]
     spans: list[Span]
     threads: int
-    times: int = 1
 
     def describe(self) -> str:
         what = "+".join(a.upper().replace("SHA256", "SHA-256") for a in self.algorithms)
         where = "whole file" if len(self.spans) == 1 else f"{len(self.spans)} parts"
         threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
-        return f"{self.times} x {what} ({where}, {threads})"
+        return f"{what} ({where}, {threads})"
 
 
 def sdk_work(op: str, size: int, config: TransferConfig) -> list[Pass]:
@@ -225,18 +224,19 @@ def sdk_work(op: str, size: int, config: TransferConfig) -> list[Pass]:
     `config`, for a download of an object uploaded with the same `config` (keep in step with
     transfer.py):
 
-    - upload, one PutObject (`_put`): MD5+SHA-256 of the whole file for the Content-MD5, then
-      again while sending it: two passes, one thread;
+    - upload, one PutObject (`_put`): MD5 of the whole file for the Content-MD5, then SHA-256
+      while sending it: two passes, one thread;
     - multipart upload (`_multipart`): MD5+SHA-256 of each part while sending it, `concurrency`
       parts at once;
     - download of a multipart object (`_download_parts`): SHA-256 of each part as it lands,
       `concurrency` at once;
     - download of a simple object in one GET (`_download_ranges` with one range): SHA-256 while
-      it lands, then once more over the whole file (`hash_in_order`), strictly after it.
+      it lands.
     """
     if size <= config.threshold:
-        algorithms = ("md5", "sha256") if op == "put" else ("sha256",)
-        return [Pass(algorithms, [(0, size)], 1, times=2)]
+        if op == "put":
+            return [Pass(("md5",), [(0, size)], 1), Pass(("sha256",), [(0, size)], 1)]
+        return [Pass(("sha256",), [(0, size)], 1)]
     parts = spans(size, config.part_size_for(size))
     if op == "put":
         return [Pass(("md5", "sha256"), parts, config.concurrency)]
@@ -269,5 +269,5 @@ def ceiling(path: Path, size: int, work: list[Pass]) -> tuple[float, float]:
             for future in [pool.submit(_hash_span, path, p.algorithms, off, length)
                            for off, length in p.spans]:
                 future.result()
-        seconds += p.times * (time.perf_counter() - started)
+        seconds += time.perf_counter() - started
     return size / MIB / seconds, seconds
