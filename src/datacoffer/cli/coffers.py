@@ -99,11 +99,13 @@ def list_command(session: Session, where: Remote | None, recursive: bool, long_:
     documents: list[dict[str, object]] = []
     for page in pages:
         for prefix in page.common_prefixes:
-            documents.append({"Prefix": prefix})
+            if session.json:
+                documents.append({"Prefix": prefix})
             session.say(f"{'PRE':>30}  {prefix}" if long_ else prefix)
         for obj in page.objects:
-            documents.append({"Key": obj.key, "Size": obj.size, "ETag": obj.etag,
-                              "LastModified": obj.last_modified})
+            if session.json:
+                documents.append({"Key": obj.key, "Size": obj.size, "ETag": obj.etag,
+                                  "LastModified": obj.last_modified})
             session.say(f"{when(obj.last_modified)}  {obj.size:>10}  {obj.key}  {obj.etag}"
                         if long_ else obj.key)
     if session.json:

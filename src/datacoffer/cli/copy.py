@@ -53,7 +53,8 @@ def _upload_jobs(source: Path, dest: Remote, recursive: bool) -> list[Job]:
 
 
 def _download_jobs(client: Client, source: Remote, destination: str,
-                   recursive: bool) -> list[Job]:
+                   recursive: bool) -> tuple[list[Job], list[str]]:
+    """The files to fetch, and why keys under the prefix are left out."""
     dest = Path(destination)
     if not recursive:
         if not source.key or source.key.endswith("/"):
@@ -61,18 +62,28 @@ def _download_jobs(client: Client, source: Remote, destination: str,
         info = client.head_object(source.coffer, source.key)
         into_dir = dest.is_dir() or destination.endswith(("/", os.sep))
         target = dest / source.key.rsplit("/", 1)[-1] if into_dir else dest
-        return [Job(False, target, source, info.size)]
-    jobs = []
+        return [Job(False, target, source, info.size)], []
+    jobs: list[Job] = []
+    left_out: list[str] = []
+    taken: dict[Path, str] = {}
     root = dest.resolve()
     # a prefix is a "directory": dc://c/tree copies tree/…, never treehouse/…
     prefix = source.key if not source.key or source.key.endswith("/") else source.key + "/"
     for obj in client.list_objects(source.coffer, prefix):
+        remote = Remote(source.coffer, obj.key)
         rel = obj.key[len(prefix):].lstrip("/")
         target = (dest / rel).resolve()
-        if not rel or obj.key.endswith("/") or root not in target.parents:
-            continue  # a "directory" key names no file below dest
-        jobs.append(Job(False, target, Remote(source.coffer, obj.key), obj.size))
-    return jobs
+        if not rel or obj.key.endswith("/"):
+            left_out.append(f"{remote}: a key ending in '/' names no file")
+        elif root not in target.parents:
+            left_out.append(f"{remote}: would land outside {dest}")
+        elif target in taken:
+            # e.g. a//b and a/b: one file, so only the first key (in key order) is fetched
+            left_out.append(f"{remote}: {target} is already the file of {taken[target]}")
+        else:
+            taken[target] = str(remote)
+            jobs.append(Job(False, target, remote, obj.size))
+    return jobs, left_out
 
 
 def _move(client: Client, job: Job, config: TransferConfig, content_type: str | None,
@@ -93,8 +104,8 @@ def _move(client: Client, job: Job, config: TransferConfig, content_type: str | 
         return Outcome(job, "copied", etag=result.etag, resumed_parts=result.resumed_parts)
     except errors.Conflict as exc:
         # immutable: a key already holding these very bytes is a copy already made
-        if job.upload and exc.code.startswith("ObjectAlreadyExists") and same_content(
-                client, remote.coffer, remote.key, job.local):
+        if job.upload and exc.code.startswith("ObjectAlreadyExists") and _same(
+                client, job):
             advance(job.size)
             return Outcome(job, "skipped")
         return Outcome(job, "failed", exc)
@@ -104,16 +115,26 @@ def _move(client: Client, job: Job, config: TransferConfig, content_type: str | 
         return Outcome(job, "failed", errors.DataCofferError(f"{job.local}: {exc.strerror}"))
 
 
+def _same(client: Client, job: Job) -> bool:
+    """Whether the object already holds the file's bytes; no when that cannot be told."""
+    try:
+        return same_content(client, job.remote.coffer, job.remote.key, job.local)
+    except (errors.DataCofferError, OSError):
+        return False
+
+
 @click.command("cp")
 @click.argument("source")
 @click.argument("destination")
 @click.option("-r", "--recursive", is_flag=True,
               help="Copy a directory, or every object under a prefix.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Parts (or ranges) of a file in flight at once, and files at once.")
-@click.option("--part-size", type=SizeType(), default="16M", show_default=True,
-              help="Size of a multipart upload's parts and of parallel download ranges.")
-@click.option("--threshold", type=SizeType(), default="64M", show_default=True,
+              help="Transfers in flight at once: parts of one file, or several files.")
+@click.option("--part-size", type=SizeType(minimum=1024 * 1024), default="16M",
+              show_default=True,
+              help="Size of a multipart upload's parts and of parallel download ranges "
+                   "(at least 1M).")
+@click.option("--threshold", type=SizeType(minimum=1), default="64M", show_default=True,
               help="Files above this go in parts (upload) or ranges (download).")
 @click.option("--content-type", default=None, help="Content-Type of uploaded objects.")
 @click.option("--progress/--no-progress", default=None, envvar="DATACOFFER_PROGRESS",
@@ -142,14 +163,19 @@ def copy(session: Session, source: str, destination: str, recursive: bool, paral
     if is_remote(source) == is_remote(destination):
         usage("one of SOURCE and DESTINATION must be a dc://coffer/key address, the other "
               "a local path")
-    files_at_once = parallel if recursive else 1
-    session.max_connections = files_at_once * (parallel + 1)
+    # --parallel bounds the transfers in flight: files at once times parts of each
+    session.max_connections = 2 * parallel + 2
     client = session.client
+    left_out: list[str] = []
     if is_remote(destination):
         jobs = _upload_jobs(Path(source), parse(destination), recursive)
     else:
-        jobs = _download_jobs(client, parse(source), destination, recursive)
-    config = TransferConfig(threshold=threshold, part_size=part_size, concurrency=parallel)
+        jobs, left_out = _download_jobs(client, parse(source), destination, recursive)
+    for note in left_out:
+        click.echo(f"skipped {note}", err=True)
+    files_at_once = max(1, min(parallel, len(jobs)))
+    config = TransferConfig(threshold=threshold, part_size=part_size,
+                            concurrency=max(1, parallel // files_at_once))
     started = time.monotonic()
     outcomes: list[Outcome] = []
     lock = threading.Lock()
@@ -166,8 +192,11 @@ def copy(session: Session, source: str, destination: str, recursive: bool, paral
             with lock:
                 outcomes.append(outcome)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(files_at_once, len(jobs)))) as pool:
+        order = {id(job): i for i, job in enumerate(jobs)}
+
+        with ThreadPoolExecutor(max_workers=files_at_once) as pool:
             list(pool.map(run, jobs))
+    outcomes.sort(key=lambda o: order[id(o.job)])  # the first failure is the first file's
     _report(session, outcomes, time.monotonic() - started)
 
 

@@ -65,6 +65,9 @@ class SizeType(click.ParamType):
 
     name = "SIZE"
 
+    def __init__(self, minimum: int = 0) -> None:
+        self.minimum = minimum
+
     def convert(self, value: object, param: click.Parameter | None,
                 ctx: click.Context | None) -> int:
         if isinstance(value, int):
@@ -72,4 +75,7 @@ class SizeType(click.ParamType):
         m = _SIZE.match(str(value))
         if not m:
             self.fail(f"{value!r} is not a size such as 1048576, 512K, 64M or 1G", param, ctx)
-        return int(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower())
+        size = int(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower())
+        if size < self.minimum:
+            self.fail(f"{value!r} is below the minimum of {self.minimum} bytes", param, ctx)
+        return size

@@ -8,6 +8,7 @@ from datacoffer.cli.coffers import when
 from datacoffer.cli.remote import Remote, RemoteType
 from datacoffer.cli.session import Session, client_command
 from datacoffer.client import errors
+from datacoffer.client.transfer import find_upload
 
 
 @click.group("uploads")
@@ -49,8 +50,7 @@ def abort_upload(session: Session, target: Remote, upload_id: str | None) -> Non
     """
     client = session.client
     if upload_id is None:
-        found = next((u for u in client.iter_uploads(target.coffer, prefix=target.key)
-                      if u.key == target.key), None)
+        found = find_upload(client, target.coffer, target.key)
         if found is None:
             raise errors.BY_CODE["NoSuchUpload"](
                 f"No upload is in progress for {target}.", resource=str(target))

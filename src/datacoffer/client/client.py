@@ -19,8 +19,8 @@ from datacoffer import signing
 from datacoffer.client import credentials, errors, models, parse, transfer
 from datacoffer.client.retry import RetryPolicy
 
-#: A request body: bytes, or a function that makes the body's chunks afresh for each attempt
-#: (None when the body can be sent only once).
+#: A request body that can be sent again: bytes, or a function that makes the body's chunks
+#: afresh for each attempt.
 Body = bytes | Callable[[], Iterable[bytes]]
 #: Reads of a file-like body, and the granularity of progress reports.
 CHUNK = 1024 * 1024
@@ -36,8 +36,14 @@ class ObjectReader:
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self.info = parse.object_info(response.headers)
+        try:
+            self.info = parse.object_info(response.headers)
+        except (KeyError, ValueError):
+            response.close()
+            raise errors.TransportError("the answer's object headers are malformed") from None
         self.status = response.status_code
+        #: the number of body bytes the answer carries
+        self.length = int(response.headers.get("content-length", "0"))
         #: (first, last) of the bytes in this answer, inclusive
         span = parse.content_range(response.headers)
         self.span = (span[0], span[1]) if span else (0, self.info.size - 1)
@@ -110,7 +116,8 @@ class Client:
         self.host = f"cdcs.{self.profile.region}.{netloc}" if self.profile.region else netloc
         self.endpoint = f"{base.scheme}://{netloc}"
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            # waiting for a free pooled connection is not a failure: transfers queue for them
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
             headers={"Accept-Encoding": "identity"}, verify=verify, follow_redirects=False)
@@ -211,8 +218,7 @@ class Client:
             yield page
             if not page.is_truncated:
                 return
-            marker = page.next_marker or (page.objects[-1].key if page.objects
-                                          else page.common_prefixes[-1])
+            marker = page.next_marker  # the server names it on every truncated page
 
     def list_objects(self, coffer: str, prefix: str = "", *,
                      page_size: int = 1000) -> Iterator[models.ObjectSummary]:

@@ -109,17 +109,22 @@ def resolve(endpoint: str | None = None, secret_id: str | None = None,
             secret_key: str | None = None, token: str | None = None,
             region: str | None = None, *, profile: str | None = None) -> Profile:
     """The settings to use. The key pair (with its token) comes whole from one place: the
-    arguments, else the environment, else the profile, so that two halves never mix."""
+    arguments, else the environment, else the profile, so that two halves never mix; a
+    profile named explicitly (`profile`, `--profile`) comes before the environment. The
+    profile file is read only when the arguments leave something to find."""
     name = profile or os.environ.get("DATACOFFER_PROFILE") or DEFAULT_PROFILE
-    profiles = read_profiles()
-    if name != DEFAULT_PROFILE and name not in profiles:
-        raise CredentialsError(f"no profile {name!r} in {profile_file()}")
-    stored = profiles.get(name, {})
     env = {key: os.environ.get(var) for key, var in ENV.items()}
-    sources = (("the arguments", {"secret_id": secret_id, "secret_key": secret_key,
-                                  "token": token}),
-               ("the environment", {k: env[k] for k in ("secret_id", "secret_key", "token")}),
-               (f"profile {name!r} of {profile_file()}", stored))
+    given = {"secret_id": secret_id, "secret_key": secret_key, "token": token}
+    stored: dict[str, str] = {}
+    if not (secret_id and secret_key and endpoint):
+        profiles = read_profiles()
+        if name != DEFAULT_PROFILE and name not in profiles:
+            raise CredentialsError(f"no profile {name!r} in {profile_file()}")
+        stored = profiles.get(name, {})
+    arguments = ("the arguments", given)
+    environment = ("the environment", {k: env[k] for k in ("secret_id", "secret_key", "token")})
+    named = (f"profile {name!r} of {profile_file()}", stored)
+    sources = (arguments, named, environment) if profile else (arguments, environment, named)
     # the first place that sets either half of the pair is the one: a half is never
     # completed from elsewhere, nor silently passed over for another place's pair
     found = next(((where, s) for where, s in sources

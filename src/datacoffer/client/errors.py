@@ -8,6 +8,8 @@ server's own table (`datacoffer.errors`), so the two can never disagree.
 
 from __future__ import annotations
 
+import functools
+
 from datacoffer.errors import CODES
 
 
@@ -82,14 +84,18 @@ BY_CODE: dict[str, type[ServiceError]] = {
 RETRYABLE = frozenset({"DataSynchronization", "AlreadyLock", "InternalError"})
 
 
+@functools.cache
+def _unknown(code: str, status: int) -> type[ServiceError]:
+    """A class for a code this client does not know (a newer server's, or a proxy's)."""
+    base = ServerFailure if status >= 500 else _BY_STATUS.get(status, InvalidRequest)
+    return type(code or f"HTTP{status}", (base,), {"code": code, "status": status,
+                                                  "__doc__": ""})
+
+
 def from_response(status: int, code: str, message: str, *, request_id: str = "",
                   trace_id: str = "", resource: str = "") -> ServiceError:
     """The exception for an error answer; an unknown code gets its status's class."""
-    cls = BY_CODE.get(code)
-    if cls is None:
-        base = ServerFailure if status >= 500 else _BY_STATUS.get(status, InvalidRequest)
-        cls = type(code or f"HTTP{status}", (base,), {"code": code, "status": status,
-                                                     "__doc__": ""})
+    cls = BY_CODE.get(code) or _unknown(code, status)
     return cls(message or cls.__doc__ or f"HTTP {status}", request_id=request_id,
                trace_id=trace_id, resource=resource, status=status)
 

@@ -7,10 +7,12 @@ than one chunk (1 MiB) per worker in memory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import math
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -27,7 +29,8 @@ MiB = 1024 * 1024
 CHUNK = MiB
 MAX_PARTS = 10_000
 MIN_PART = MiB
-#: How often one part or range is tried again after a checksum mismatch or a broken download.
+#: How often an uploaded part is sent when its ETag does not match its MD5, and how often a
+#: part or range is fetched when its download breaks off.
 PART_ATTEMPTS = 3
 
 #: Told the number of bytes moved since the last call (negative when a retry starts a part
@@ -37,6 +40,25 @@ Progress = Callable[[int], None]
 
 def _ignore(_: int) -> None:
     pass
+
+
+class Stopped(Exception):
+    """Raised in a transfer's worker threads once the transfer is being stopped."""
+
+
+class _Progress:
+    """The caller's progress callback, and the point where workers notice a stop: every chunk
+    read, sent or written reports here, so a stop (a failure elsewhere, Ctrl-C) ends each
+    worker within one chunk."""
+
+    def __init__(self, report: Progress | None) -> None:
+        self.report = report or _ignore
+        self.stop = threading.Event()
+
+    def __call__(self, count: int) -> None:
+        if self.stop.is_set():
+            raise Stopped
+        self.report(count)
 
 
 @dataclass(frozen=True)
@@ -111,20 +133,23 @@ class _Hashed:
             pass
 
 
-def _run_all(tasks: list[Callable[[], None]], concurrency: int) -> None:
-    """Run the tasks on `concurrency` threads; the first failure cancels what has not started
-    and is raised once the running ones end."""
-    with ThreadPoolExecutor(max_workers=max(1, concurrency),
-                            thread_name_prefix="datacoffer-transfer") as pool:
+def _run_all(tasks: list[Callable[[], None]], concurrency: int, progress: _Progress) -> None:
+    """Run the tasks on `concurrency` threads. The first failure, or an interrupt of the
+    calling thread (Ctrl-C), cancels what has not started, stops the running ones at their
+    next chunk, and is raised once they have ended."""
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency),
+                              thread_name_prefix="datacoffer-transfer")
+    try:
         futures: list[Future[None]] = [pool.submit(task) for task in tasks]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f for f in done if f.exception() is not None), None)
-        if failed is not None:
-            for future in futures:
-                future.cancel()
-            exc = failed.exception()
-            assert exc is not None
-            raise exc
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+    except BaseException:
+        progress.stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _check(what: str, expected: str, actual: str) -> None:
@@ -147,14 +172,14 @@ def upload_file(client: Client, coffer: str, key: str, path: Path, *,
     resumes it: parts already stored with the right MD5 are kept (ListParts).
     """
     config = config or TransferConfig()
-    progress = progress or _ignore
     size = path.stat().st_size
     if size <= config.threshold:
-        return _put(client, coffer, key, path, size, progress, content_type)
-    return _multipart(client, coffer, key, path, size, config, progress, content_type)
+        return _put(client, coffer, key, path, size, _Progress(progress), content_type)
+    return _multipart(client, coffer, key, path, size, config, _Progress(progress),
+                      content_type)
 
 
-def _put(client: Client, coffer: str, key: str, path: Path, size: int, progress: Progress,
+def _put(client: Client, coffer: str, key: str, path: Path, size: int, progress: _Progress,
          content_type: str | None) -> models.TransferResult:
     # MD5 first (Content-MD5 goes before the body), SHA-256 while sending: each byte is
     # hashed once by each, though the file is read twice (the second time from the page cache)
@@ -170,27 +195,26 @@ def _put(client: Client, coffer: str, key: str, path: Path, size: int, progress:
     return models.TransferResult(coffer, key, size, result.etag, info.sha256, parts=1)
 
 
-def _find_upload(client: Client, coffer: str, key: str) -> models.Upload | None:
+def find_upload(client: Client, coffer: str, key: str) -> models.Upload | None:
     """The upload in progress for exactly this key (a key has at most one)."""
     return next((u for u in client.iter_uploads(coffer, prefix=key) if u.key == key), None)
 
 
 def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
-               config: TransferConfig, progress: Progress,
+               config: TransferConfig, progress: _Progress,
                content_type: str | None) -> models.TransferResult:
     part_size = config.part_size_for(size)
-    upload = _find_upload(client, coffer, key) if config.resume else None
+    upload = find_upload(client, coffer, key) if config.resume else None
     stored: dict[int, models.Part] = {}
     if upload is None:
         upload = client.initiate_multipart_upload(coffer, key, content_type=content_type)
     else:
         stored = {p.number: p for p in client.iter_parts(coffer, key, upload.upload_id)}
-        first = stored.get(1)
-        if first is not None and MIN_PART <= first.size < size:
-            part_size = first.size  # the interrupted run's part size
+        # the interrupted run's part size: every part but the last has it, none is larger
+        largest = max((p.size for p in stored.values()), default=0)
+        if MIN_PART <= largest < size and len(_spans(size, largest)) <= MAX_PARTS:
+            part_size = largest
     spans = _spans(size, part_size)
-    if len(spans) > MAX_PARTS:
-        raise ValueError(f"{size} bytes in {part_size}-byte parts is over {MAX_PARTS} parts")
     md5s: dict[int, bytes] = {}
     sha256s: dict[int, bytes] = {}
     resumed = 0
@@ -216,7 +240,7 @@ def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
             if attempt + 1 == PART_ATTEMPTS:
                 _check(f"ETag of part {number} of {key}", part.etag, source.md5.hexdigest())
 
-    _run_all([lambda s=s: send(*s) for s in spans], config.concurrency)
+    _run_all([lambda s=s: send(*s) for s in spans], config.concurrency, progress)
     order = [n for n, _, _ in spans]
     parts = [models.Part(n, md5s[n].hex(), length) for n, _, length in spans]
     etag = _multipart_etag([md5s[n] for n in order])
@@ -227,10 +251,11 @@ def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
     except errors.TransportError as lost:
         # the answer was lost: the object exists if the complete was done
         try:
-            client.head_object(coffer, key)
+            info = client.head_object(coffer, key)
         except errors.NotFound:
             raise lost from None
-    info = client.head_object(coffer, key)
+    else:
+        info = client.head_object(coffer, key)
     _check(f"ETag of {key}", info.etag, etag)
     _check(f"SHA-256 of {key}", info.sha256, _composite([sha256s[n] for n in order]))
     return models.TransferResult(coffer, key, size, etag, info.sha256, parts=len(spans),
@@ -251,21 +276,25 @@ def download_file(client: Client, coffer: str, key: str, path: Path, *,
     leaves nothing behind.
     """
     config = config or TransferConfig()
-    progress = progress or _ignore
+    stopper = _Progress(progress)
     info = client.head_object(coffer, key, part_number=1)
-    tmp = path.with_name(f".{path.name}.datacoffer-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = path.with_name(f".{path.name[:200]}.datacoffer-{secrets.token_hex(4)}")
+    # created as any new file would be (umask applies); a replaced file keeps its mode
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.ftruncate(fd, info.size)
         count = info.parts_count or 1
         if count > 1 or info.multipart:
             parts = count
-            _download_parts(client, coffer, key, fd, info, count, config, progress)
+            _download_parts(client, coffer, key, fd, info, count, config, stopper)
         else:
-            part_size = config.part_size if info.size > config.threshold else info.size
+            part_size = (config.part_size_for(info.size) if info.size > config.threshold
+                         else info.size)
             spans = _spans(info.size, part_size)
             parts = len(spans)
-            _download_ranges(client, coffer, key, fd, info, spans, config, progress)
+            _download_ranges(client, coffer, key, fd, info, spans, config, stopper)
+        with contextlib.suppress(FileNotFoundError):
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode))
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -278,7 +307,7 @@ def download_file(client: Client, coffer: str, key: str, path: Path, *,
     return models.TransferResult(coffer, key, info.size, info.etag, info.sha256, parts=parts)
 
 
-def _fetch(client: Client, coffer: str, key: str, fd: int, progress: Progress, *,
+def _fetch(client: Client, coffer: str, key: str, fd: int, progress: _Progress, *,
            byte_range: tuple[int, int] | None = None,
            part_number: int | None = None) -> tuple[bytes, str | None]:
     """Write one range or part at its offset in `fd`; its SHA-256 and the part's SHA-256 as
@@ -295,7 +324,7 @@ def _fetch(client: Client, coffer: str, key: str, fd: int, progress: Progress, *
                     sha.update(chunk)
                     written += len(chunk)
                     progress(len(chunk))
-                if written != reader.span[1] - reader.span[0] + 1:
+                if written != reader.length:
                     raise errors.TransportError("the download ended early")
                 return sha.digest(), reader.info.part_sha256
         except errors.TransportError:
@@ -306,7 +335,7 @@ def _fetch(client: Client, coffer: str, key: str, fd: int, progress: Progress, *
 
 
 def _download_parts(client: Client, coffer: str, key: str, fd: int, info: models.ObjectInfo,
-                    count: int, config: TransferConfig, progress: Progress) -> None:
+                    count: int, config: TransferConfig, progress: _Progress) -> None:
     digests: dict[int, bytes] = {}
 
     def one(number: int) -> None:
@@ -314,22 +343,21 @@ def _download_parts(client: Client, coffer: str, key: str, fd: int, info: models
         _check(f"SHA-256 of part {number} of {key}", expected or "", digest.hex())
         digests[number] = digest
 
-    _run_all([lambda n=n: one(n) for n in range(1, count + 1)], config.concurrency)
+    _run_all([lambda n=n: one(n) for n in range(1, count + 1)], config.concurrency, progress)
     actual = _composite([digests[n] for n in range(1, count + 1)])
     _check(f"SHA-256 of {key}", info.sha256, actual)
 
 
 def _download_ranges(client: Client, coffer: str, key: str, fd: int, info: models.ObjectInfo,
                      spans: list[tuple[int, int, int]], config: TransferConfig,
-                     progress: Progress) -> None:
+                     progress: _Progress) -> None:
     landed = [threading.Event() for _ in spans]
-    failed = threading.Event()
 
     def one(index: int, offset: int, length: int) -> None:
         try:
             _fetch(client, coffer, key, fd, progress, byte_range=(offset, offset + length - 1))
         except BaseException:
-            failed.set()
+            progress.stop.set()
             raise
         landed[index].set()
 
@@ -338,7 +366,7 @@ def _download_ranges(client: Client, coffer: str, key: str, fd: int, info: model
         sha = hashlib.sha256()
         for index, (_, offset, length) in enumerate(spans):
             while not landed[index].wait(0.1):
-                if failed.is_set():
+                if progress.stop.is_set():
                     return
             for pos in range(offset, offset + length, CHUNK):
                 sha.update(os.pread(fd, min(CHUNK, offset + length - pos), pos))
@@ -349,7 +377,7 @@ def _download_ranges(client: Client, coffer: str, key: str, fd: int, info: model
         _check(f"SHA-256 of {key}", info.sha256, digest.hex())
         return
     tasks = [lambda i=i, s=s: one(i, s[1], s[2]) for i, s in enumerate(spans)]
-    _run_all([hash_in_order, *tasks], config.concurrency + 1)
+    _run_all([hash_in_order, *tasks], config.concurrency + 1, progress)
 
 
 # -- comparing -------------------------------------------------------------------------------

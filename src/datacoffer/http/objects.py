@@ -144,7 +144,11 @@ async def _answer(call: Call, *, body: bool) -> Response:
                             resource=call.endpoint.resource,
                             headers={"Content-Range": f"bytes */{obj.size}"}) from None
     status, start, length = 200, 0, obj.size
-    if span is not None:
+    if span is not None and span[1] < span[0]:
+        # an empty last part: no byte range can name it, so 200 with no bytes
+        status, start, length = 200, span[0], 0
+        headers["Content-Length"] = "0"
+    elif span is not None:
         first, last = span
         status, start, length = 206, first, last - first + 1
         headers["Content-Range"] = f"bytes {first}-{last}/{obj.size}"

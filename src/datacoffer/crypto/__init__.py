@@ -1,0 +1,1 @@
+"""Encryption at rest: the on-disk format of encrypted blobs."""
