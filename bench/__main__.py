@@ -1,7 +1,9 @@
 """`python -m bench`: start a server, measure PutObject/GetObject and multipart, print a table.
 
 The large objects (1 GiB, multipart) move through the project's SDK (`datacoffer.client`) from
-and to real files; the smaller ones through the bench's own raw client.
+and to real files; the smaller ones through the bench's own raw client. Every case runs once per
+EncryptType (--encrypt-types, default 0,1,2), each in a coffer of that type, and a table puts
+the types side by side.
 
 See bench/README.md for what each number means. Everything runs on 127.0.0.1, in a temporary
 data directory that is removed at the end (also after Ctrl-C) unless --keep is given.
@@ -14,6 +16,7 @@ import datetime
 import fnmatch
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +38,17 @@ from rich.progress import (
 from rich.text import Text
 
 from bench import machine, report
-from bench.cases import MIB, Case, Mode, Result, Runner, plan
+from bench.cases import (
+    ENCRYPT_TYPES,
+    GIB,
+    MIB,
+    Case,
+    Mode,
+    Result,
+    Runner,
+    disk_peak,
+    plan,
+)
 from bench.server import BenchServer
 
 #: The client that gave the higher numbers on the development machine (see docs/performance.md).
@@ -51,11 +64,23 @@ class MiBSpeed(ProgressColumn):
         return Text(text, style="progress.data.speed")
 
 
+def _encrypt_types(text: str) -> tuple[int, ...]:
+    """--encrypt-types: comma-separated EncryptTypes, run in the order given, once each."""
+    types: list[int] = []
+    for item in (x.strip() for x in text.split(",")):
+        if item not in {str(t) for t in ENCRYPT_TYPES}:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not an EncryptType (one of {', '.join(map(str, ENCRYPT_TYPES))})")
+        if int(item) not in types:
+            types.append(int(item))
+    return tuple(types)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="small counts, 128 MiB instead of 1 GiB objects, a 256 MiB multipart "
-                        "object: about a minute, for trying it")
+                        "object: about two minutes with all three EncryptTypes, for trying it")
     p.add_argument("--json", type=Path, metavar="FILE", help="save all results as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables as markdown")
     p.add_argument("--keep", action="store_true",
@@ -66,9 +91,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("threads", "async"), default=DEFAULT_MODE,
                    help="client: one thread + httpx.Client per concurrent client, or asyncio "
                         f"+ httpx.AsyncClient (default {DEFAULT_MODE})")
+    p.add_argument("--encrypt-types", type=_encrypt_types, metavar="LIST",
+                   default=ENCRYPT_TYPES,
+                   help="run every case once per EncryptType in LIST, each in its own coffer "
+                        "of that type: 0 none, 1 service master key, 2 KMS customer key "
+                        f"(default {','.join(map(str, ENCRYPT_TYPES))})")
     p.add_argument("--cases", metavar="NAMES",
                    help="comma-separated case names or glob patterns, e.g. "
-                        "'*-1mib,*-4kib-c16' (a GET case needs its PUT case); see README")
+                        "'*-1mib,*-4kib-c16' (each at every --encrypt-types) or 'put-1gib@e2' "
+                        "(a pattern with '@' matches the name with its type); a GET case needs "
+                        "its PUT case; see README")
     p.add_argument("--no-limits", action="store_true",
                    help="skip measuring the machine's limits (dd, hashlib; the SDK cases' "
                         "client-side ceiling is measured anyway)")
@@ -97,12 +129,20 @@ def _commit() -> str | None:
     return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def _selected(cases: list[Case], names: str | None) -> list[Case]:
-    """The cases whose name matches one of the comma-separated glob patterns."""
+def _matches(case: Case, pattern: str) -> bool:
+    """A pattern with "@" is matched against the case's full name ("put-1gib@e2",
+    "*@e1"), one without against its name without the type ("put-1gib": at every type)."""
+    return fnmatch.fnmatchcase(case.name if "@" in pattern else case.base, pattern)
+
+
+def _selected(cases: list[Case], names: str | None) -> tuple[list[Case], list[str]]:
+    """The cases that match one of the comma-separated glob patterns, and the patterns that
+    match none."""
     if not names:
-        return cases
+        return cases, []
     patterns = [n.strip().lower() for n in names.split(",") if n.strip()]
-    return [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    unused = [p for p in patterns if not any(_matches(c, p) for c in cases)]
+    return [c for c in cases if any(_matches(c, p) for p in patterns)], unused
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _terminate)
     # Not a terminal (make bench > file): a wide table instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    cases = _selected(plan(quick=args.quick), args.cases)
+    cases, unused = _selected(plan(quick=args.quick, encrypt_types=args.encrypt_types),
+                              args.cases)
+    for pattern in unused:
+        console.print(f"[yellow]--cases {pattern!r} matches no case of this run (--quick and "
+                      f"--encrypt-types {','.join(map(str, args.encrypt_types))} considered)")
     if not cases:
         console.print("[red]no case matches --cases")
         return 2
@@ -121,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick, "mode": args.mode, "commit": _commit(),
+        "encrypt_types": sorted({c.encrypt_type for c in cases}),
         "command": shlex.join(["python", "-m", "bench",
                               *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -131,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"server pid {server.pid} on {server.base_url}, data in "
                           f"{server.data_dir}")
             info = machine.info(server.data_dir)
+            peak, free = disk_peak(cases), shutil.disk_usage(server.data_dir).free
+            meta["disk_peak_gib"] = round(peak / GIB, 2)
+            if free < peak:
+                console.print(f"[yellow]this run keeps up to {peak / GIB:,.1f} GiB in "
+                              f"{server.root} at once, the disk has {free / GIB:,.1f} GiB "
+                              "free: use --dir, fewer --encrypt-types or --cases")
             if info["filesystem"].startswith("tmpfs"):
                 console.print("[yellow]the data directory is on tmpfs: disk numbers mean "
                               "memory; use --dir to choose a real disk")
@@ -145,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
                 TextColumn("{task.fields[ops]}/{task.fields[planned]} ops"),
                 TimeElapsedColumn(), console=console)
             runner = Runner(server, progress, mode=args.mode)
-            runner.setup()
+            types = list(dict.fromkeys(c.encrypt_type for c in cases))
+            with console.status(f"making the coffers of EncryptType "
+                                f"{', '.join(map(str, types))}"):
+                runner.setup(types)
+            meta["coffers"] = {str(t): name for t, name in runner.coffers.items()}
+            if runner.customer_key is not None:
+                meta["kms_key"] = {"KeyId": runner.customer_key.key_id,
+                                   "KeyRegion": runner.customer_key.region}
             with progress:
                 for case in cases:
                     result = runner.run(case)

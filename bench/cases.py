@@ -16,6 +16,10 @@ Two clients move the bytes:
   and checked again by the bench. The 1 GiB case sends each object in one PutObject and reads it
   in one GET; the multipart case uploads one object in parts, several at once, and reads it back
   part by part.
+
+Every case runs once per EncryptType asked for (0: none, 1: the service master key, 2: a KMS
+customer key; docs/encryption.md), each in its own coffer of that type: `put-1mib@e1` is the
+`put-1mib` case in the EncryptType 1 coffer.
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import math
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,8 +57,9 @@ from bench.sdk import (
     sdk_work,
     write_source,
 )
-from bench.server import BenchServer
+from bench.server import REGION, BenchServer, CustomerKey
 from datacoffer.client import TransferConfig
+from datacoffer.client.errors import DataCofferError
 from datacoffer.client.models import TransferResult
 
 KIB = 1024
@@ -63,6 +67,9 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 #: Objects up to this size are measured in operations per second, larger ones in MiB/s.
 SMALL = 64 * KIB
+#: Objects of this size and larger are "large": the cases the encryption target is about (the
+#: throughput at EncryptType 1 and 2 within 15 % of EncryptType 0's).
+LARGE = 64 * MIB
 #: Downloads up to this size are hashed by the raw client too (SHA-256), larger ones only
 #: counted (and checked against the server's x-cdcs-checksum-sha256, which the server itself
 #: verifies while reading): hashing on the client would sit on the single-client critical path.
@@ -70,6 +77,11 @@ HASH_LIMIT = SMALL
 READY_TIMEOUT = 60.0
 
 Mode = Literal["threads", "async"]
+
+#: Every EncryptType, the default of --encrypt-types; 0 is the baseline of the comparison.
+ENCRYPT_TYPES = (0, 1, 2)
+#: The EncryptType whose coffer needs a KMS customer key (and the account's role grant).
+KMS_ENCRYPT_TYPE = 2
 
 #: The large objects sent whole through the SDK, one PutObject / one GET each: (object size,
 #: objects, time limit of each of the PUT and GET cases in seconds).
@@ -83,7 +95,9 @@ MULTIPART_QUICK = (256 * MIB, 64 * MIB, 4, 30.0)
 
 @dataclass(frozen=True)
 class Case:
-    name: str
+    #: the case without its EncryptType, e.g. "put-1mib" (what --cases patterns without "@"
+    #: match)
+    base: str
     op: Literal["put", "get"]
     size: int
     #: operations to run (SDK cases: files to upload or download)
@@ -96,6 +110,19 @@ class Case:
     store: str
     #: None: the raw client; else the bytes move through the SDK with this configuration
     sdk: TransferConfig | None = None
+    #: the EncryptType of the coffer the case runs in
+    encrypt_type: int = 0
+
+    @property
+    def name(self) -> str:
+        """The case's full name, with its EncryptType: "put-1mib@e1"."""
+        return f"{self.base}{type_suffix(self.encrypt_type)}"
+
+    @property
+    def objects(self) -> str:
+        """The objects a PUT case writes and its GET case reads: its store, in the case's
+        coffer."""
+        return f"{self.store}{type_suffix(self.encrypt_type)}"
 
     @property
     def small(self) -> bool:
@@ -125,6 +152,11 @@ class Case:
         return self.sdk.concurrency if self.sdk is not None else self.clients
 
     @property
+    def title(self) -> str:
+        """The label with the EncryptType: "PUT 1 MiB x1 @e1"."""
+        return f"{self.label} {type_suffix(self.encrypt_type)}"
+
+    @property
     def kind(self) -> str:
         return "multipart" if self.multipart and self.op == "put" else self.op
 
@@ -140,6 +172,11 @@ class Case:
         return f"GET {size} x{self.streams} (SDK, by part)"
 
 
+def type_suffix(encrypt_type: int) -> str:
+    """What a case's name and label end with: "@e1" for EncryptType 1."""
+    return f"@e{encrypt_type}"
+
+
 def size_label(size: int) -> str:
     for unit, name in ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
         if size >= unit and size % unit == 0:
@@ -152,14 +189,23 @@ def _slug(size: int) -> str:
 
 
 def _put_get(tail: str, size: int, count: int, clients: int, limit: float, store: str,
-             sdk: TransferConfig | None = None) -> list[Case]:
+             sdk: TransferConfig | None = None) -> list[list[Case]]:
     """A PUT case and the GET case that reads what it wrote."""
-    return [Case(f"{op}-{tail}", op, size, count, clients, limit, store, sdk)
-            for op in ("put", "get")]
+    return [[Case(f"{op}-{tail}", op, size, count, clients, limit, store, sdk)
+             for op in ("put", "get")]]
 
 
-def plan(*, quick: bool) -> list[Case]:
-    """The cases in run order: each GET case reads the objects its PUT case just wrote."""
+def plan(*, quick: bool, encrypt_types: Sequence[int] = ENCRYPT_TYPES) -> list[Case]:
+    """The cases in run order: each PUT case and the GET case that reads what it has just
+    written, once per EncryptType (put-1mib@e0, get-1mib@e0, put-1mib@e1, get-1mib@e1, ...), so
+    that the types of one case run side by side, under the same conditions (nearly the same
+    data already on the disk, the same moment of the machine's background load)."""
+    return [replace(case, encrypt_type=t)
+            for pair in _pairs(quick=quick) for t in encrypt_types for case in pair]
+
+
+def _pairs(*, quick: bool) -> list[list[Case]]:
+    """The cases without their EncryptType: [PUT case, GET case] pairs in run order."""
     if quick:
         raw = [(MIB, 16, 20.0), (64 * MIB, 2, 30.0)]
         small = [(1, 200, 10.0), (16, 400, 10.0)]
@@ -168,26 +214,44 @@ def plan(*, quick: bool) -> list[Case]:
         raw = [(MIB, 64, 120.0), (64 * MIB, 8, 300.0)]
         small = [(1, 2000, 60.0), (16, 2000, 60.0)]
         single, multipart = SDK_SINGLE_FULL, MULTIPART_FULL
-    cases: list[Case] = []
+    pairs: list[list[Case]] = []
     for size, count, limit in raw:
-        cases += _put_get(_slug(size), size, count, 1, limit, _slug(size))
+        pairs += _put_get(_slug(size), size, count, 1, limit, _slug(size))
     size, count, limit = single
-    cases += _put_get(_slug(size), size, count, 1, limit, f"sdk-{_slug(size)}",
+    pairs += _put_get(_slug(size), size, count, 1, limit, f"sdk-{_slug(size)}",
                       TransferConfig(threshold=size, concurrency=1))
     for clients, count, limit in small:
-        cases += _put_get(f"4kib-c{clients}", 4 * KIB, count, clients, limit, "4kib")
+        pairs += _put_get(f"4kib-c{clients}", 4 * KIB, count, clients, limit, "4kib")
     # Last: the cases before it run as they always have, not after 4 GiB more was written.
     size, part_size, concurrency, limit = multipart
     name = f"multipart-{_slug(size)}"
     config = TransferConfig(threshold=part_size, part_size=part_size, concurrency=concurrency)
-    cases.append(Case(name, "put", size, 1, 1, limit, name, config))
-    cases.append(Case(f"{name}-get", "get", size, 1, 1, limit, name, config))
-    return cases
+    pairs.append([Case(name, "put", size, 1, 1, limit, name, config),
+                  Case(f"{name}-get", "get", size, 1, 1, limit, name, config)])
+    return pairs
+
+
+def disk_peak(cases: Iterable[Case]) -> int:
+    """The most bytes the run keeps in its temporary directory at once: the objects stored so
+    far (the bench deletes none) plus the files of the SDK case then running (an upload's
+    source file; a download's files, one per object read), which are removed at its end."""
+    stored = peak = 0
+    for case in cases:
+        if case.op == "put":
+            stored += case.count * case.size
+        files = 0 if case.sdk is None else case.size * (1 if case.op == "put" else case.count)
+        peak = max(peak, stored + files)
+    return peak
 
 
 @dataclass
 class Result:
+    #: the case's full name, "put-1mib@e1"
     name: str
+    #: the case without its EncryptType, "put-1mib"
+    case: str
+    #: the EncryptType of the coffer the case ran in
+    encrypt_type: int
     label: str
     op: str
     size: int
@@ -231,6 +295,16 @@ class Result:
     #: shown in the Note column after any failure or stop
     note: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def title(self) -> str:
+        """The label with the EncryptType, for lines outside the tables: "PUT 1 MiB x1 @e1"."""
+        return f"{self.label} {type_suffix(self.encrypt_type)}"
+
+    @property
+    def small(self) -> bool:
+        """Measured in ops/s (4 KiB), not MiB/s."""
+        return self.size <= SMALL
 
     def public(self) -> dict[str, Any]:
         data = asdict(self)
@@ -309,7 +383,8 @@ NewOp = Callable[[], tuple[Op, Callable[[], None]]]
 
 
 class Runner:
-    """Runs cases against one server; remembers the keys written so GET cases can read them."""
+    """Runs cases against one server, each in the coffer of its EncryptType (made by `setup`);
+    remembers the keys written so GET cases can read them."""
 
     def __init__(self, server: BenchServer, progress: Progress, *, mode: Mode) -> None:
         assert server.account is not None and server.root is not None
@@ -317,8 +392,11 @@ class Runner:
         self.progress = progress
         self.mode: Mode = mode
         self.signer = Signer(server.host_header, server.account)
-        self.coffer = f"bench{secrets.token_hex(3)}-{server.account.app_id}"
-        #: the keys each store's PUT case wrote (Case.store), and the stores whose PUT case ran
+        self.tag = secrets.token_hex(3)
+        #: the coffer of each EncryptType, and the KMS key of the EncryptType 2 one (`setup`)
+        self.coffers: dict[int, str] = {}
+        self.customer_key: CustomerKey | None = None
+        #: the keys each store's PUT case wrote (Case.objects), and the stores whose PUT case ran
         self.stored: dict[str, list[str]] = {}
         self.ran: set[str] = set()
         #: what the SDK's upload_file returned for each key it stored
@@ -328,20 +406,49 @@ class Runner:
         self._expected: dict[int, Expected] = {}
         self.stop = threading.Event()
 
-    def setup(self) -> None:
-        client = SyncClient(self.server.base_url, self.signer)
+    def setup(self, encrypt_types: Iterable[int]) -> None:
+        """One coffer per EncryptType, made with the SDK (PutCoffer) and checked (GetCoffer).
+        EncryptType 2 first needs the account's role grant and a KMS key (docs/encryption.md):
+        the bench makes both with the admin commands against its own server's data
+        directory."""
+        client = self._sdk_client()
         try:
-            body = json.dumps({"Locations": {"Location": ["ap-tianjin"]}}).encode()
-            r = client.put_json(f"/{self.coffer}", body)
-            if r.status_code != 200:
-                raise BenchError(f"PutCoffer: HTTP {r.status_code}: {r.text[:300]}")
+            for encrypt_type in encrypt_types:
+                self.coffers[encrypt_type] = self._make_coffer(client, encrypt_type)
         finally:
             client.close()
+
+    def _make_coffer(self, client: MeteredClient, encrypt_type: int) -> str:
+        assert self.server.account is not None
+        name = f"bench{self.tag}e{encrypt_type}-{self.server.account.app_id}"
+        key = None
+        if encrypt_type == KMS_ENCRYPT_TYPE:
+            self.customer_key = key = self.server.customer_key(REGION)
+        try:
+            client.create_coffer(name, [REGION], encrypt_type=encrypt_type,
+                                 key_id=key.key_id if key else None,
+                                 key_region=key.region if key else None)
+            made = client.get_coffer(name, max_keys=1)
+        except DataCofferError as exc:
+            raise BenchError(f"PutCoffer {name} (EncryptType {encrypt_type}): {exc}") from exc
+        _mismatches(f"GetCoffer {name}", [
+            ("EncryptType", made.encrypt_type, encrypt_type),
+            ("KeyId", made.key_id, key.key_id if key else ""),
+            ("KeyRegion", made.key_region, key.region if key else "")])
+        return name
+
+    def _sdk_client(self) -> MeteredClient:
+        assert self.server.account is not None
+        return new_client(self.server.base_url, self.server.host_header,
+                          self.server.account.secret_id, self.server.account.secret_key,
+                          TIMEOUT.read or 300.0)
 
     def say(self, text: str) -> None:
         self.progress.console.print(f"[dim]{text}")
 
     def expected(self, size: int) -> Expected:
+        """What the server must report for a raw-client object of `size` bytes, hashed once
+        per size (with EncryptType 0: the caller sets its coffer's)."""
         if size not in self._expected:
             if size >= 64 * MIB:
                 self.say(f"hashing the {size_label(size)} body once, to verify what the "
@@ -353,21 +460,22 @@ class Runner:
         return _Cpu(self.server.cpu_seconds(), time.process_time())
 
     def _task(self, case: Case) -> TaskID:
-        return self.progress.add_task(case.label, total=case.count * case.size, ops="0",
+        return self.progress.add_task(case.title, total=case.count * case.size, ops="0",
                                       planned=str(case.count))
 
     # -- one case ------------------------------------------------------------------------------
 
     def run(self, case: Case) -> Result:
-        result = Result(case.name, case.label, case.kind, case.size, case.streams, case.count,
+        result = Result(case.name, case.base, case.encrypt_type, case.label, case.kind,
+                        case.size, case.streams, case.count,
                         self.mode if case.sdk is None else "threads",
                         "raw" if case.sdk is None else "sdk")
-        keys = self.stored.setdefault(case.store, [])
+        keys = self.stored.setdefault(case.objects, [])
         if case.op == "put":
-            self.ran.add(case.store)
+            self.ran.add(case.objects)
         elif not keys:
             result.stopped_by = "skipped"
-            if case.store in self.ran:  # the PUT row says why
+            if case.objects in self.ran:  # the PUT row says why
                 result.note = "skipped: its PUT case stored no object"
             else:
                 result.error = "no objects of this kind were stored (run its PUT case too)"
@@ -380,9 +488,9 @@ class Runner:
 
     def _run_raw(self, case: Case, result: Result, keys: list[str]) -> None:
         result.verified = ("ETag = MD5 of the body" if case.op == "put" else
-                           "size, x-cdcs-checksum-sha256" + (", SHA-256 of the body"
-                                                             if case.hash_body else ""))
-        exp = self.expected(case.size)
+                           "size, x-cdcs-checksum-sha256, x-cdcs-encrypt-type"
+                           + (", SHA-256 of the body" if case.hash_body else ""))
+        exp = replace(self.expected(case.size), encrypt_type=case.encrypt_type)
         task = self._task(case)
         done = itertools.count(1)
 
@@ -392,11 +500,12 @@ class Runner:
 
         on_bytes = None if case.small else (lambda n: self.progress.advance(task, n))
         tag = secrets.token_hex(2)
+        coffer = self.coffers[case.encrypt_type]
 
         def path(i: int) -> str:
             if case.op == "put":
-                return f"/{self.coffer}/{case.name}/{tag}/{i:07d}"
-            return f"/{self.coffer}/{keys[i % len(keys)]}"
+                return f"/{coffer}/{case.name}/{tag}/{i:07d}"
+            return f"/{coffer}/{keys[i % len(keys)]}"
 
         def on_put_done(i: int) -> None:
             keys.append(f"{case.name}/{tag}/{i:07d}")
@@ -421,7 +530,7 @@ class Runner:
                 start = _run_coroutine(self._run_async(case, exp, path, on_bytes, on_put_done,
                                                        after_op, tally))
         finally:
-            self.progress.update(task, description=f"[dim]{case.label}")
+            self.progress.update(task, description=f"[dim]{case.title}")
         after = self._cpu()
         self._finish(result, case, start, tally)
         _set_rates(result, before, after)
@@ -449,27 +558,25 @@ class Runner:
         """Upload one source file `case.count` times, or download the PUT case's objects into
         files, with the SDK; then time the SDK's own hashing of such a transfer alone (the
         client-side ceiling). The case's files are removed at the end."""
-        assert self.server.account is not None
         result.part_size = case.part_size or None
         if case.op == "put":
             result.verified = ("SDK: ETag = MD5 of each part/the file, HEAD SHA-256 = the "
                                "file's; bench: size, parts, SHA-256 = the one computed when the "
-                               "file was written")
+                               "file was written, x-cdcs-encrypt-type of the HEAD")
         else:
             result.verified = ("SDK: SHA-256 of each part and of the whole; bench: size on "
-                               "disk, parts, SHA-256 and ETag = the upload's")
+                               "disk, parts, SHA-256 and ETag = the upload's, "
+                               "x-cdcs-encrypt-type of the HEAD and GETs")
         self.files.mkdir(exist_ok=True)
         made: list[Path] = []  # removed at the end, whatever happens
         try:
             source = None
             if case.op == "put":
-                self.say(f"writing the {size_label(case.size)} source file of {case.label} "
+                self.say(f"writing the {size_label(case.size)} source file of {case.title} "
                          "(random bytes, fsynced) and hashing it, outside the timed part")
                 made.append(self.files / f"{case.name}.bin")
                 source = write_source(made[-1], case.size, case.part_size or None)
-            client = new_client(self.server.base_url, self.server.host_header,
-                                self.server.account.secret_id, self.server.account.secret_key,
-                                TIMEOUT.read or 300.0)
+            client = self._sdk_client()
             try:
                 meter = self._sdk_loop(case, config, result, keys, client, source, made)
             finally:
@@ -486,7 +593,7 @@ class Runner:
             if existing and result.error is None and not self.stop.is_set():
                 work = sdk_work(case.op, case.size, config)
                 result.ceiling_work = "; ".join(p.describe() for p in work)
-                self.say(f"timing the SDK's own hashing for {case.label} alone: "
+                self.say(f"timing the SDK's own hashing for {case.title} alone: "
                          f"{result.ceiling_work}")
                 result.ceiling_mib_s, result.ceiling_s = ceiling(existing[-1], case.size, work)
         finally:
@@ -502,22 +609,26 @@ class Runner:
         done = itertools.count(1)
         tag = secrets.token_hex(2)
         cut_short = [0]  # bytes of a download that the time limit ended
+        coffer = self.coffers[case.encrypt_type]
+        #: what every HEAD and GET of the case must be answered with: the coffer's EncryptType
+        encrypt_types = {str(case.encrypt_type)}
 
         def upload(i: int) -> None:
             assert source is not None
             key = f"{case.name}/{tag}/{i:07d}"
             try:
-                got = client.upload_file(self.coffer, key, source.path, config=config,
+                got = client.upload_file(coffer, key, source.path, config=config,
                                          progress=meter)
             except Exception:
                 if case.multipart and not self.stop.is_set():
-                    _abort_uploads(client, self.coffer, key)
+                    _abort_uploads(client, coffer, key)
                 raise
             meter.end()
             _mismatches(f"upload_file {key}", [
                 ("size", got.size, case.size), ("parts", got.parts, case.parts),
                 ("resumed parts", got.resumed_parts, 0),
-                ("SHA-256", got.sha256, source.sha256)])
+                ("SHA-256", got.sha256, source.sha256),
+                ("x-cdcs-encrypt-type", client.encrypt_types(), encrypt_types)])
             self.uploads[key] = got
             keys.append(key)
 
@@ -525,7 +636,7 @@ class Runner:
             key = keys[i % len(keys)]
             made.append(self.files / f"{case.name}-{i:07d}.bin")
             try:
-                got = client.download_file(self.coffer, key, made[-1], config=config,
+                got = client.download_file(coffer, key, made[-1], config=config,
                                            progress=meter)
             except Stop:
                 cut_short[0] += meter.moved
@@ -535,7 +646,8 @@ class Runner:
             _mismatches(f"download_file {key}", [
                 ("size", got.size, up.size), ("size on disk", made[-1].stat().st_size, up.size),
                 ("parts", got.parts, case.parts), ("SHA-256", got.sha256, up.sha256),
-                ("ETag", got.etag, up.etag)])
+                ("ETag", got.etag, up.etag),
+                ("x-cdcs-encrypt-type", client.encrypt_types(), encrypt_types)])
 
         def op(i: int) -> None:
             meter.begin(tally.deadline)
@@ -552,7 +664,7 @@ class Runner:
         try:
             start = self._run_threads(case, lambda: (op, _nothing), after_op, tally)
         finally:
-            self.progress.update(task, description=f"[dim]{case.label}")
+            self.progress.update(task, description=f"[dim]{case.title}")
         after = self._cpu()
         self._finish(result, case, start, tally)
         result.bytes += cut_short[0]

@@ -44,20 +44,23 @@ def chunks(size: int) -> Iterator[bytes]:
 
 @dataclass(frozen=True)
 class Expected:
-    """What the server must report for an object of a given size built by `chunks`."""
+    """What the server must report for an object of a given size built by `chunks`, stored
+    in a coffer of a given EncryptType."""
 
     size: int
     md5: str
     sha256: str
+    #: what a GET's x-cdcs-encrypt-type must say: the coffer's EncryptType
+    encrypt_type: int = 0
 
 
-def expected(size: int) -> Expected:
+def expected(size: int, encrypt_type: int = 0) -> Expected:
     """Hash the body once, outside any timed loop (about 1-3 s for 1 GiB)."""
     md5, sha = hashlib.md5(), hashlib.sha256()
     for piece in chunks(size):
         md5.update(piece)
         sha.update(piece)
-    return Expected(size, md5.hexdigest(), sha.hexdigest())
+    return Expected(size, md5.hexdigest(), sha.hexdigest(), encrypt_type)
 
 
 class _Reporter:
@@ -110,6 +113,10 @@ def _check_get_head(response: httpx.Response, exp: Expected, path: str) -> None:
         raise BenchError(f"GET {path}: HTTP {response.status_code}")
     if response.headers.get("x-cdcs-checksum-sha256") != exp.sha256:
         raise BenchError(f"GET {path}: x-cdcs-checksum-sha256 does not match what was stored")
+    got = response.headers.get("x-cdcs-encrypt-type")
+    if got != str(exp.encrypt_type):
+        raise BenchError(f"GET {path}: x-cdcs-encrypt-type {got!r}, expected "
+                         f"{exp.encrypt_type} (the coffer's EncryptType)")
 
 
 def _check_get_body(received: int, sha: hashlib._Hash | None, exp: Expected, path: str) -> None:
@@ -156,10 +163,6 @@ class SyncClient:
                 rep.add(len(piece))
         rep.flush()
         _check_get_body(received, sha, exp, path)
-
-    def put_json(self, path: str, body: bytes) -> httpx.Response:
-        headers = {**self.signer.headers("PUT", path), "Content-Type": "application/json"}
-        return self.http.put(_url(path), content=body, headers=headers)
 
     def close(self) -> None:
         self.http.close()

@@ -1,32 +1,38 @@
-"""The results as a terminal table, a markdown table and a JSON document.
+"""The results as terminal tables, markdown tables and a JSON document.
 
 Units everywhere: MiB/s = 2**20 bytes per second; ops/s = completed requests per second of wall
 time; latency = time from sending a request to having read its whole response, per request.
+
+Every case ran once per EncryptType (the Enc column); the encryption table puts the types of
+each case side by side, with the cost of EncryptType 1 and 2 relative to 0.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.cases import Result
+from bench.cases import LARGE, Result, size_label
 
-UNITS = ("MiB/s = 2^20 bytes/s of object data. ops/s = requests completed per second of wall "
-         "time. p50/p99 = per-request latency (send to last byte read). CPU = cores busy on "
-         "average during the case (1.00 = one full core; the machine has {cpus}).")
+UNITS = ("Enc = the EncryptType of the case's coffer: 0 none, 1 service master key, 2 KMS "
+         "customer key. MiB/s = 2^20 bytes/s of object data. ops/s = requests completed per "
+         "second of wall time. p50/p99 = per-request latency (send to last byte read). CPU = "
+         "cores busy on average during the case (1.00 = one full core; the machine has {cpus}).")
 
-HEADERS = ("Case", "Done", "Time s", "MiB/s", "ops/s", "p50 ms", "p99 ms", "Server CPU",
+HEADERS = ("Case", "Enc", "Done", "Time s", "MiB/s", "ops/s", "p50 ms", "p99 ms", "Server CPU",
            "Client CPU", "Note")
 
 
 #: The second table: how much CPU each side spent per GiB, and the SDK's client-side ceiling.
 CPU_TITLE = "CPU per GiB moved, and the client-side ceiling of the SDK cases"
-CPU_HEADERS = ("Case", "MiB/s", "Client CPU s/GiB", "Server CPU s/GiB", "Client 1-core MiB/s",
-               "Ceiling MiB/s", "% of ceiling", "Before s", "After s",
+CPU_HEADERS = ("Case", "Enc", "MiB/s", "Client CPU s/GiB", "Server CPU s/GiB",
+               "Client 1-core MiB/s", "Ceiling MiB/s", "% of ceiling", "Before s", "After s",
                "Ceiling work (SDK, timed alone)")
 
 CPU_NOTE = (
@@ -43,6 +49,130 @@ CPU_NOTE = (
     "in-order SHA-256 pass and the fsync of a download).")
 
 
+#: The encryption table: each case at every EncryptType, side by side.
+ENC_TITLE = "The cost of encryption: each case at EncryptType {types}"
+#: Encryption may cost large objects at most this much of EncryptType 0's throughput (the
+#: target of the issue that asked for this table).
+TARGET_PCT = 15.0
+
+ENC_NOTE = (
+    "e0, e1, e2 = the case's headline rate (Unit: MiB/s, or ops/s for the 4 KiB cases) in the "
+    "coffer of EncryptType 0 (none), 1 (service master key), 2 (KMS customer key). Cost = the "
+    "rate relative to EncryptType 0's in the same run, in percent: negative = slower. Server "
+    "CPU s/GiB = the server's user+system CPU seconds per GiB moved (not for the 4 KiB cases). "
+    "FAILED = that run of the case failed; - = not measured.")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One case at each EncryptType it ran at (a row of the encryption table; in the JSON)."""
+
+    #: the case without its EncryptType, "put-1gib"
+    case: str
+    label: str
+    size: int
+    #: "MiB/s", or "ops/s" for the 4 KiB cases
+    unit: str
+    #: 64 MiB and up: the cases the target is about
+    large: bool
+    #: the rate at each EncryptType; None when that run failed, was skipped or moved nothing
+    rates: dict[int, float | None]
+    #: percent relative to EncryptType 0, for each other EncryptType (negative = slower)
+    cost_pct: dict[int, float | None]
+    server_cpu_s_gib: dict[int, float | None]
+    failed: list[int]
+
+    @property
+    def target_met(self) -> bool | None:
+        """Large cases: whether every EncryptType costs at most TARGET_PCT % (None: not a
+        large case, or nothing to compare)."""
+        costs = [c for c in self.cost_pct.values() if c is not None]
+        if not self.large or not costs:
+            return None
+        return min(costs) >= -TARGET_PCT
+
+    def public(self) -> dict[str, Any]:
+        return {**asdict(self), "target_met": self.target_met}
+
+
+def encrypt_types(results: list[Result]) -> list[int]:
+    """The EncryptTypes the results were measured at, in order."""
+    return sorted({r.encrypt_type for r in results})
+
+
+def _enc_title(types: Sequence[int]) -> str:
+    names = [str(t) for t in types]
+    return ENC_TITLE.format(types=", ".join(names[:-1]) + " and " + names[-1])
+
+
+def _rate(r: Result) -> float | None:
+    if r.error is not None or r.seconds <= 0:
+        return None
+    return r.ops_s if r.small else r.mib_s
+
+
+def costs(results: list[Result]) -> list[Cost]:
+    """The results grouped by case (in run order), each EncryptType relative to 0."""
+    by_case: dict[str, dict[int, Result]] = {}
+    for r in results:
+        by_case.setdefault(r.case, {})[r.encrypt_type] = r
+    rows = []
+    for case, runs in by_case.items():
+        first = next(iter(runs.values()))
+        rates = {t: _rate(r) for t, r in sorted(runs.items())}
+        base = rates.get(0)
+        rows.append(Cost(
+            case=case, label=first.label, size=first.size,
+            unit="ops/s" if first.small else "MiB/s", large=first.size >= LARGE, rates=rates,
+            cost_pct={t: (100 * (rate / base - 1) if rate is not None and base else None)
+                      for t, rate in rates.items() if t != 0},
+            server_cpu_s_gib={t: None if first.small else r.server_cpu_s_gib
+                              for t, r in sorted(runs.items())},
+            failed=[t for t, r in sorted(runs.items()) if r.error is not None]))
+    return rows
+
+
+def _enc_headers(types: Sequence[int]) -> tuple[str, ...]:
+    others = [t for t in types if t != 0] if 0 in types else []
+    return ("Case", "Unit", *(f"e{t}" for t in types), *(f"e{t} cost" for t in others),
+            *(f"Server CPU s/GiB e{t}" for t in types),
+            *((f"Large: ≤ {TARGET_PCT:.0f} % slower",) if others else ()))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f} %"
+
+
+def _enc_row(c: Cost, types: Sequence[int]) -> tuple[str, ...]:
+    others = [t for t in types if t != 0] if 0 in types else []
+
+    def rate(t: int) -> str:
+        if t in c.failed:
+            return "FAILED"
+        return _num(c.rates.get(t), 0 if c.unit == "ops/s" else 1)
+
+    met = c.target_met
+    target = "-" if met is None else "met" if met else "MISSED"
+    return (c.label, c.unit, *(rate(t) for t in types),
+            *(_pct(c.cost_pct.get(t)) for t in others),
+            *(_num(c.server_cpu_s_gib.get(t), 2) for t in types),
+            *((target,) if others else ()))
+
+
+def target_line(rows: list[Cost]) -> str:
+    """The one-line note on the target for large objects."""
+    large = [c for c in rows if c.large]
+    sizes = sorted({c.size for c in large})
+    judged = [c for c in large if c.target_met is not None]
+    met = sum(1 for c in judged if c.target_met)
+    which = ", ".join(size_label(s) for s in sizes) or "none in this run"
+    verdict = (f"met by {met} of {len(judged)} large cases in this run" if judged else
+               "not judged in this run (it needs EncryptType 0 and a large case)")
+    return (f"Target: on large objects (64 MiB and up; here {which}) EncryptType 1 and 2 "
+            f"within {TARGET_PCT:.0f} % of EncryptType 0's throughput (cost ≥ "
+            f"-{TARGET_PCT:.0f} %): {verdict}.")
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -51,11 +181,12 @@ def _cpu_rows(results: list[Result]) -> list[tuple[str, ...]]:
     """The cases that move MiB (not the 4 KiB ones), whether they ran (or were cut short)."""
     rows = []
     for r in results:
-        if r.size <= 64 * 1024 or r.bytes == 0:
+        if r.small or r.bytes == 0:
             continue
         one_core = 1024 / r.client_cpu_s_gib if r.client_cpu_s_gib else None
         share = 100 * r.mib_s / r.ceiling_mib_s if r.ceiling_mib_s else None
-        rows.append((r.label, _num(r.mib_s, 1), _num(r.client_cpu_s_gib, 2),
+        rows.append((r.label, str(r.encrypt_type), _num(r.mib_s, 1),
+                     _num(r.client_cpu_s_gib, 2),
                      _num(r.server_cpu_s_gib, 2), _num(one_core, 0), _num(r.ceiling_mib_s, 0),
                      _num(share, 0), _num(r.before_first_byte_s, 2),
                      _num(r.after_last_byte_s, 2), r.ceiling_work or "-"))
@@ -63,9 +194,10 @@ def _cpu_rows(results: list[Result]) -> list[tuple[str, ...]]:
 
 
 def _row(r: Result) -> tuple[str, ...]:
-    small = r.size <= 64 * 1024
+    small = r.small
     return (
         r.label,
+        str(r.encrypt_type),
         f"{r.ops}/{r.planned}",
         _num(r.seconds, 2),
         _num(r.mib_s, 1),
@@ -92,13 +224,13 @@ def _note(r: Result) -> str:
 def summary(r: Result) -> str:
     """One line per finished case, printed above the progress bars as the run goes."""
     if r.error is not None:
-        return f"[red]{r.label}: FAILED: {r.error}"
+        return f"[red]{r.title}: FAILED: {r.error}"
     if r.stopped_by == "skipped":
-        return f"[yellow]{r.label}: {r.note or 'skipped'}"
-    text = (f"{r.label}: {r.ops} ops in {r.seconds:.2f} s, {r.mib_s:,.1f} MiB/s, "
+        return f"[yellow]{r.title}: {r.note or 'skipped'}"
+    text = (f"{r.title}: {r.ops} ops in {r.seconds:.2f} s, {r.mib_s:,.1f} MiB/s, "
             f"{r.ops_s:,.1f} ops/s, p50 {_num(r.p50_ms, 2)} ms, p99 {_num(r.p99_ms, 2)} ms, "
             f"CPU server {_num(r.server_cpu, 2)} client {_num(r.client_cpu, 2)}")
-    if r.client_cpu_s_gib is not None and r.size > 64 * 1024:
+    if r.client_cpu_s_gib is not None and not r.small:
         text += (f", CPU s/GiB client {_num(r.client_cpu_s_gib, 2)} server "
                  f"{_num(r.server_cpu_s_gib, 2)}")
     if r.ceiling_mib_s is not None:
@@ -136,6 +268,16 @@ def console_tables(console: Console, results: list[Result], machine: dict[str, A
     for r in results:
         table.add_row(*_row(r))
     console.print(table)
+    types = encrypt_types(results)
+    if len(types) > 1:
+        rows = costs(results)
+        et = Table(title=_enc_title(types), title_justify="left",
+                   caption=f"{target_line(rows)}\n{ENC_NOTE}", caption_justify="left")
+        for name in _enc_headers(types):
+            et.add_column(name, justify="left" if name in ("Case", "Unit") else "right")
+        for c in rows:
+            et.add_row(*_enc_row(c, types))
+        console.print(et)
     cpu_rows = _cpu_rows(results)
     if cpu_rows:
         ct = Table(title=CPU_TITLE, title_justify="left", caption=CPU_NOTE,
@@ -168,11 +310,21 @@ def markdown(results: list[Result], machine: dict[str, Any], limits: dict[str, A
     kind = "quick" if meta.get("quick") else "full"
     if meta.get("interrupted"):
         kind += ", INTERRUPTED"
-    out = [f"Run {meta.get('started')} ({kind}, client: {meta.get('mode')}, commit "
+    types = ", ".join(str(t) for t in meta.get("encrypt_types") or encrypt_types(results))
+    out = [f"Run {meta.get('started')} ({kind}, client: {meta.get('mode')}, EncryptType "
+           f"{types}, commit "
            f"{meta.get('commit') or 'unknown'}): `{meta.get('command')}`", ""]
     out.append(line(HEADERS))
     out.append(line(["---"] + ["---:"] * (len(HEADERS) - 2) + ["---"]))
     out.extend(line(_row(r)) for r in results)
+    types = encrypt_types(results)
+    if len(types) > 1:
+        rows = costs(results)
+        headers = _enc_headers(types)
+        out += ["", f"{_enc_title(types)}:", "", line(headers),
+                line(["---", "---"] + ["---:"] * (len(headers) - 2))]
+        out.extend(line(_enc_row(c, types)) for c in rows)
+        out += ["", target_line(rows), "", ENC_NOTE]
     cpu_rows = _cpu_rows(results)
     if cpu_rows:
         out += ["", f"{CPU_TITLE}:", "", line(CPU_HEADERS),
@@ -196,5 +348,7 @@ def markdown(results: list[Result], machine: dict[str, Any], limits: dict[str, A
 def write_json(path: Path, results: list[Result], machine: dict[str, Any],
                limits: dict[str, Any], meta: dict[str, Any]) -> None:
     doc = {"meta": meta, "machine": machine, "limits": limits,
-           "results": [r.public() for r in results]}
+           "results": [r.public() for r in results],
+           "encryption": {"target_pct": TARGET_PCT, "large_from_bytes": LARGE,
+                          "cases": [c.public() for c in costs(results)]}}
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -4,7 +4,8 @@
   part), fsynced, with the SHA-256 the server must end up reporting computed as it is written,
   so the bench checks the SDK's `TransferResult` against something the SDK did not compute.
 - `MeteredClient`: the SDK's `Client`, timing every request it makes (UploadPart latencies and
-  the CompleteMultipartUpload call of a multipart upload are not visible from outside).
+  the CompleteMultipartUpload call of a multipart upload are not visible from outside) and
+  noting the EncryptType its HEADs and GETs were answered with.
 - `Meter`: the SDK's progress callback: advances the progress bar, notes when the first and the
   last byte of a transfer moved, and ends a transfer from inside (raising `Stop`) at the case's
   time limit or on Ctrl-C.
@@ -101,6 +102,8 @@ class Timed:
     seconds: float
     #: the request body's Content-Length, 0 when none
     length: int
+    #: the answer's x-cdcs-encrypt-type (HeadObject, GetObject), None when it has none
+    encrypt_type: str | None = None
 
 
 class MeteredClient(Client):
@@ -117,8 +120,13 @@ class MeteredClient(Client):
         headers = kwargs.get("headers") or {}
         self.timed.append(Timed(method, dict(kwargs.get("params") or {}),
                                 time.perf_counter() - started,
-                                int(headers.get("Content-Length", 0))))
+                                int(headers.get("Content-Length", 0)),
+                                response.headers.get("x-cdcs-encrypt-type")))
         return response
+
+    def encrypt_types(self) -> set[str]:
+        """The x-cdcs-encrypt-type values of all the answers so far that carried one."""
+        return {t.encrypt_type for t in self.timed if t.encrypt_type is not None}
 
     def parts_uploaded(self) -> list[Timed]:
         """The UploadPart requests answered so far."""

@@ -1,4 +1,5 @@
-"""A throw-away `datacoffer serve` for the benchmark: own temp dir, free port, one account.
+"""A throw-away `datacoffer serve` for the benchmark: own temp dir, free port, one account
+(and, for EncryptType 2, its service role grant and a KMS key, made with the admin commands).
 
 The server runs in its own session (process group) so that a Ctrl-C in the terminal reaches only
 the benchmark, which then stops the server itself and removes the directory.
@@ -18,12 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 HOST = "127.0.0.1"  # the benchmark never listens or connects anywhere else
 APP_ID = "1250000000"
 UIN = "100000000001"
+#: The region of the bench's coffers (the server's default configuration has it first) and of
+#: the customer key of its EncryptType 2 coffer.
+REGION = "ap-tianjin"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 
@@ -41,6 +46,14 @@ class Account:
     uin: str
     secret_id: str
     secret_key: str
+
+
+@dataclass(frozen=True)
+class CustomerKey:
+    """A key in the built-in KMS, as `datacoffer admin kms create-key` prints it."""
+
+    key_id: str
+    region: str
 
 
 class BenchServer:
@@ -117,15 +130,31 @@ class BenchServer:
         raise RuntimeError(f"the server did not answer within {START_TIMEOUT:.0f} s:\n"
                            f"{self.log_tail()}")
 
-    def _create_account(self) -> Account:
-        cmd = [sys.executable, "-m", "datacoffer", "admin", "account", "create",
-               "--app-id", APP_ID, "--uin", UIN, "--data-dir", str(self.data_dir)]
+    def _admin(self, *args: str) -> dict[str, Any]:
+        """Run `datacoffer admin ARGS --data-dir <data dir>` (beside the running server, as an
+        operator would) and return the JSON document it prints."""
+        cmd = [sys.executable, "-m", "datacoffer", "admin", *args,
+               "--data-dir", str(self.data_dir)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
                               stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"account create failed ({done.returncode}): {done.stderr}")
-        doc = json.loads(done.stdout)
+            raise RuntimeError(f"datacoffer admin {' '.join(args[:2])} failed "
+                               f"({done.returncode}): {done.stderr}")
+        doc: dict[str, Any] = json.loads(done.stdout)
+        return doc
+
+    def _create_account(self) -> Account:
+        doc = self._admin("account", "create", "--app-id", APP_ID, "--uin", UIN)
         return Account(doc["AppId"], doc["Uin"], doc["SecretId"], doc["SecretKey"])
+
+    def customer_key(self, region: str = REGION) -> CustomerKey:
+        """What an EncryptType 2 coffer needs (docs/encryption.md): the account grants the
+        service role, and a new customer key of the account in `region`, in the built-in KMS."""
+        assert self.account is not None
+        self._admin("role", "grant", "--app-id", self.account.app_id)
+        doc = self._admin("kms", "create-key", "--app-id", self.account.app_id,
+                          "--region", region)
+        return CustomerKey(doc["KeyId"], doc["KeyRegion"])
 
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL if it hangs; always reaps the process."""

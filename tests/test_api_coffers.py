@@ -238,16 +238,19 @@ def test_put_coffer_bad_body_is_invalid_argument(client, coffer_name, body):
     assert_error(client.get(f"/{coffer_name}"), 404, "NoSuchCoffer", coffer_name)
 
 
-@pytest.mark.parametrize("body", [
-    {**locations("ap-tianjin"), "EncryptType": 1},
-    {**locations("ap-tianjin"), "EncryptType": 2, "KeyId": "kms-1",
-     "KeyRegion": "ap-tianjin"},
-], ids=["type-1", "type-2"])
-def test_put_coffer_encryption_not_available_yet(client, coffer_name, body):
-    message = assert_error(put_coffer(client, coffer_name, body), 400, "InvalidArgument",
-                           coffer_name)
-    assert "not available" in message
-    assert "ncrypt" in message
+def test_put_coffer_encrypt_type_1_is_reported(client, coffer_name):
+    r = put_coffer(client, coffer_name, {**locations("ap-tianjin"), "EncryptType": 1})
+    assert r.status_code == 200, r.text
+    doc = ET.fromstring(client.get(f"/{coffer_name}").content)
+    assert doc.findtext("EncryptType") == "1"
+    assert doc.find("KeyId") is None and doc.find("KeyRegion") is None
+
+
+def test_put_coffer_encrypt_type_2_needs_the_service_role(client, coffer_name):
+    # the shared account never granted the role: refused before the key is even looked at
+    body = {**locations("ap-tianjin"), "EncryptType": 2, "KeyId": "kms-1",
+            "KeyRegion": "ap-tianjin"}
+    assert_error(put_coffer(client, coffer_name, body), 409, "AssumeRoleFailed", coffer_name)
     assert_error(client.get(f"/{coffer_name}"), 404, "NoSuchCoffer", coffer_name)
 
 

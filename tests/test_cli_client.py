@@ -15,9 +15,11 @@ import json
 import os
 import random
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datacoffer.client import Client, credentials, errors
+from datacoffer.client import Client, TransferConfig, credentials, errors
 from tests.conftest import Account, new_account
 from tests.serverproc import ServerProcess, free_port
 
@@ -489,8 +491,14 @@ def test_ls_coffers(server: ServerProcess, tmp_path: Path) -> None:
 
     assert ok(run(env, "ls")) == f"{first}\n{second}\n"
     assert ok(run(env, "ls", "-l")).splitlines() == [
-        f"{when(created[first])}  {first}  ap-tianjin,ap-shanghai",
-        f"{when(created[second])}  {second}  ap-guangzhou",
+        f"{when(created[first])}  {first}  ap-tianjin,ap-shanghai  encrypt-type 0",
+        f"{when(created[second])}  {second}  ap-guangzhou  encrypt-type 0",
+    ]
+    assert ok_json(run(env, "ls", "-l", "--json")) == [
+        {"Name": first, "Locations": ["ap-tianjin", "ap-shanghai"],
+         "CreationDate": iso(created[first]), "EncryptType": 0},
+        {"Name": second, "Locations": ["ap-guangzhou"], "CreationDate": iso(created[second]),
+         "EncryptType": 0},
     ]
     doc = ok_json(run(env, "ls", "--json"))
     assert isinstance(doc, list)
@@ -792,6 +800,190 @@ def test_cp_resumes_an_interrupted_multipart_upload(dc: Dc, sdk: Client, coffer:
     assert sdk.head_object(coffer, "r/resume.bin", part_number=1).parts_count == 4
     assert list(sdk.iter_uploads(coffer)) == []
 
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("--part-size", "0"), "Invalid value for '--part-size': '0' is below the minimum of "
+                           "1048576 bytes"),
+    (("--part-size", "1"), "Invalid value for '--part-size': '1' is below the minimum of "
+                           "1048576 bytes"),
+    (("--part-size", "1023K"), "Invalid value for '--part-size': '1023K' is below the minimum "
+                               "of 1048576 bytes"),
+    (("--threshold", "0"), "Invalid value for '--threshold': '0' is below the minimum of 1 "
+                           "bytes"),
+])
+def test_cp_part_size_and_threshold_minimums(dc: Dc, sdk: Client, coffer: str, tree: Path,
+                                             args: tuple[str, ...], fragment: str) -> None:
+    done = dc("cp", *args, "top.txt", f"dc://{coffer}/min/top.txt", cwd=tree)
+    assert_usage(done, fragment)
+    assert done.stderr.startswith("Usage: "), done.stderr
+    assert list(sdk.list_objects(coffer)) == []
+    # the minimum itself is accepted
+    done = dc("cp", "--part-size", "1M", "--threshold", "1", "top.txt",
+              f"dc://{coffer}/min/top.txt", cwd=tree)
+    assert summary(ok(done)) == "copied 1 file (4 B)"
+
+
+def test_cp_recursive_download_reports_keys_it_cannot_map(dc: Dc, sdk: Client, coffer: str,
+                                                          tmp_path: Path) -> None:
+    # "col/a//b" and "col/a/b" are both the file a/b; "col/" and "col/dir/" name no file
+    sdk.put_object(coffer, "col/a//b", b"double slash\n")
+    sdk.put_object(coffer, "col/a/b", b"single slash\n")
+    sdk.put_object(coffer, "col/dir/", b"d")  # (an object cannot be empty)
+    sdk.put_object(coffer, "col/", b"c")
+    keys = [o.key for o in sdk.list_objects(coffer)]
+    # listed, and so taken, in UTF-8 byte order: "/" (0x2f) sorts before "b" (0x62)
+    assert keys == ["col/", "col/a//b", "col/a/b", "col/dir/"]
+    assert keys == sorted(keys, key=lambda k: k.encode())
+
+    out = tmp_path / "out"
+    done = dc("cp", "-r", f"dc://{coffer}/col/", str(out))
+    assert summary(ok(done)) == "copied 1 file (13 B)"
+    target = (out / "a" / "b").resolve()
+    assert done.stderr.splitlines() == [
+        f"skipped dc://{coffer}/col/: a key ending in '/' names no file",
+        f"skipped dc://{coffer}/col/a/b: {target} is already the file of "
+        f"dc://{coffer}/col/a//b",
+        f"skipped dc://{coffer}/col/dir/: a key ending in '/' names no file",
+    ]
+    assert files_under(out) == {"a/b": b"double slash\n"}  # and no hidden temporary file
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a", "a/b"]
+
+    done = dc("cp", "-r", "--json", f"dc://{coffer}/col", str(out))
+    assert ok_json(done) == [{"Source": f"dc://{coffer}/col/a//b", "Destination": str(target),
+                              "Size": 13, "State": "skipped", "ETag": "",
+                              "ResumedParts": 0}]
+    assert len(done.stderr.splitlines()) == 3
+    assert files_under(out) == {"a/b": b"double slash\n"}
+
+
+def test_cp_recursive_prefix_without_a_slash_is_a_directory(dc: Dc, sdk: Client, coffer: str,
+                                                            tmp_path: Path) -> None:
+    for key in ("tree/x.txt", "tree/sub/y.txt", "treehouse/z.txt", "tree.bak", "tree"):
+        sdk.put_object(coffer, key, key.encode())
+    out = tmp_path / "out"
+    done = dc("cp", "-r", f"dc://{coffer}/tree", str(out))
+    assert summary(ok(done)) == "copied 2 files (24 B)"
+    assert done.stderr == ""
+    assert files_under(out) == {"x.txt": b"tree/x.txt", "sub/y.txt": b"tree/sub/y.txt"}
+
+
+def test_cp_recursive_upload_with_parallel_1(dc: Dc, sdk: Client, coffer: str,
+                                             tmp_path: Path) -> None:
+    root = tmp_path / "three"
+    (root / "sub").mkdir(parents=True)
+    files = {"one.txt": b"one\n", "sub/two.bin": random_bytes(5000, 8),
+             "sub/three.bin": random_bytes(2 * MiB + MiB // 2, 9)}  # in 3 parts
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    done = dc("cp", "-r", "--parallel", "1", "--threshold", "1M", "--part-size", "1M",
+              str(root), f"dc://{coffer}/p1/")
+    assert summary(ok(done)) == "copied 3 files (2.5 MiB)"
+    assert done.stderr == ""
+    assert sorted(o.key for o in sdk.list_objects(coffer)) == sorted(
+        f"p1/{name}" for name in files)
+    for name, data in files.items():
+        assert read(sdk, coffer, f"p1/{name}") == data
+    assert sdk.head_object(coffer, "p1/sub/three.bin", part_number=1).parts_count == 3
+    # and back down, one file and one part at a time
+    out = tmp_path / "back"
+    done = dc("cp", "-r", "--parallel", "1", "--threshold", "1M", "--part-size", "1M",
+              f"dc://{coffer}/p1/", str(out))
+    assert summary(ok(done)) == "copied 3 files (2.5 MiB)"
+    assert files_under(out) == files
+
+
+#: `datacoffer cp` in a process of its own, interrupted by the test: as the command itself,
+#: but each file's progress callback prints "started" once the first MiB was reported and
+#: sleeps 0.2 s per chunk (a slow link: 40 parts over 2 workers take at least 4 s); "reported
+#: N" at the end tells how far the transfer got.
+CP_INTERRUPTED = """
+import sys
+import threading
+import time
+
+import datacoffer.cli.copy as copy
+from datacoffer.cli.main import cli
+
+MiB = 1024 * 1024
+lock = threading.Lock()
+reported = 0
+real_file = copy.Bars.file
+
+
+def file(self, name, size):
+    advance, done = real_file(self, name, size)
+
+    def slow(count):
+        global reported
+        with lock:
+            before, reported = reported, reported + count
+        if before < MiB <= reported:
+            print("started", flush=True)
+        time.sleep(0.2)
+        advance(count)
+
+    return slow, done
+
+
+copy.Bars.file = file
+try:
+    cli(sys.argv[1:], prog_name="datacoffer")
+finally:
+    print(f"reported {reported}", flush=True)
+"""
+
+
+def interrupt_cp(dc: Dc, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `cp ARGS` with the slowed progress callback; SIGINT once it has started. Fails
+    unless it exits within 5 s of SIGINT."""
+    script = tmp_path / "cp_interrupted.py"
+    script.write_text(CP_INTERRUPTED)
+    child = subprocess.Popen([sys.executable, str(script), "cp", *args], env=dc.env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline()  # type: ignore[union-attr]
+        if first != "started\n":
+            child.wait(60)
+            raise AssertionError((first, child.communicate()))
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("cp did not stop within 5 s of SIGINT") from None
+        assert time.monotonic() - sent < 5
+        out, err = child.communicate()
+        return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_ctrl_c_stops_cp(dc: Dc, sdk: Client, coffer: str, tmp_path: Path,
+                         direction: str) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(random_bytes(40 * MiB, 10))
+    options = ("--threshold", "1M", "--part-size", "1M", "--parallel", "2")
+    out = tmp_path / "out"
+    out.mkdir()
+    if direction == "upload":
+        done = interrupt_cp(dc, tmp_path, *options, str(source), f"dc://{coffer}/ctrl-c.bin")
+    else:
+        sdk.upload_file(coffer, "ctrl-c.bin", source,
+                        config=TransferConfig(threshold=MiB, part_size=MiB))
+        done = interrupt_cp(dc, tmp_path, *options, f"dc://{coffer}/ctrl-c.bin", str(out))
+    assert done.returncode == 1, done
+    assert done.stderr.splitlines()[-1] == "Aborted!", done.stderr
+    found = re.fullmatch(r"reported (\d+)\n", done.stdout)
+    assert found is not None, done.stdout  # no summary line: nothing was copied
+    assert int(found.group(1)) < 40 * MiB
+    if direction == "upload":
+        (upload,) = sdk.list_multipart_uploads(coffer, prefix="ctrl-c.bin").uploads
+        assert len(sdk.list_parts(coffer, "ctrl-c.bin", upload.upload_id).parts) < 40
+    assert os.listdir(out) == []  # no file, no hidden temporary file
 
 # -- cat, stat, presign ------------------------------------------------------------------
 

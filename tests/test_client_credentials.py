@@ -169,6 +169,54 @@ def test_unreadable_profile_file(monkeypatch, tmp_path):
     assert read_profiles() == {}
 
 
+def test_a_named_profile_comes_before_environment_keys(monkeypatch, profiles):
+    path = profiles
+    path.write_text(path.read_text() + '\n[prod]\nendpoint = "https://prod.example:8443"\n'
+                    'secret_id = "AKIDprod"\nsecret_key = "prod-key"\n')
+    set_env(monkeypatch, secret_id="AKIDenv", secret_key="env-key")
+    # named explicitly: the profile's keys (and endpoint), not the environment's keys
+    assert resolve(profile="prod") == Profile("https://prod.example:8443", "AKIDprod",
+                                              "prod-key", None, None)
+    with Client(profile="prod") as c:
+        assert (c.endpoint, c.profile.secret_id) == ("https://prod.example:8443", "AKIDprod")
+    # not named: the environment's keys win over the default profile (whose token is not
+    # borrowed)
+    assert resolve() == Profile("http://profile.example:1", "AKIDenv", "env-key", None,
+                                "ap-guangzhou")
+    # arguments still come before a named profile
+    assert resolve(secret_id="AKIDarg", secret_key="arg-key", profile="prod") == Profile(
+        "https://prod.example:8443", "AKIDarg", "arg-key", None, None)
+    # a named profile without keys leaves them to the environment
+    path.write_text(path.read_text() + '\n[keyless]\nendpoint = "https://keyless.example"\n')
+    assert resolve(profile="keyless") == Profile("https://keyless.example", "AKIDenv",
+                                                 "env-key", None, None)
+
+
+def test_a_broken_profile_file_is_read_only_when_needed(monkeypatch, tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("this is = = not TOML [[\n")
+    monkeypatch.setenv("DATACOFFER_PROFILE_FILE", str(path))
+    reported = rf"cannot read the profile file {re.escape(str(path))}: .+"
+    # endpoint and both keys given: nothing to find in the file, so it is not read
+    assert resolve("http://arg.example:3", "AKIDarg", "arg-key") == Profile(
+        "http://arg.example:3", "AKIDarg", "arg-key")
+    assert resolve("http://arg.example:3", "AKIDarg", "arg-key", "tok", "ap-tianjin",
+                   profile="prod") == Profile("http://arg.example:3", "AKIDarg", "arg-key",
+                                              "tok", "ap-tianjin")
+    with Client("http://arg.example:3", "AKIDarg", "arg-key") as c:
+        assert c.profile.secret_id == "AKIDarg"
+    # something left to find: the file is read, and its fault reported with its name
+    for args in ({"secret_id": "AKIDarg", "secret_key": "arg-key"},  # the endpoint
+                 {"endpoint": "http://arg.example:3"},  # the keys
+                 {}):
+        with pytest.raises(CredentialsError) as caught:
+            resolve(**args)
+        assert re.fullmatch(reported, str(caught.value)), (args, str(caught.value))
+    with pytest.raises(CredentialsError) as caught:
+        Client(secret_id="AKIDarg", secret_key="arg-key")
+    assert re.fullmatch(reported, str(caught.value))
+
+
 # -- writing profiles ---------------------------------------------------------------------------
 
 def test_write_profile_creates_the_file_private(monkeypatch, tmp_path):

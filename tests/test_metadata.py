@@ -18,11 +18,15 @@ import sqlalchemy as sa
 
 from datacoffer.core.coffers import Coffers, CofferSpec
 from datacoffer.core.identities import Identities
+from datacoffer.core.keyring import Keyring
 from datacoffer.core.objects import Objects
+from datacoffer.core.roles import Roles
 from datacoffer.errors import CdcsError
+from datacoffer.kms import KmsError
+from datacoffer.kms.builtin import BuiltinKms
 from datacoffer.meta import db as dbmod
 from datacoffer.meta.schema import metadata, schema_version
-from datacoffer.rootkey import RootKey
+from datacoffer.rootkey import SealingKey
 from datacoffer.storage.blobs import RegionStore
 
 PG_ADMIN = os.environ.get("DATACOFFER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -75,7 +79,7 @@ def test_version_1_store_gains_the_multipart_tables(tmp_path):
     brought to the latest version by its migrations, keeping what it holds."""
     db = dbmod.Database(f"sqlite:///{tmp_path / 'm.db'}")
     db.migrate()
-    identities = Identities(db, RootKey(secrets.token_bytes(32)))
+    identities = Identities(db, SealingKey(secrets.token_bytes(32)))
     identities.create_account("1250000000", "100000000001")
     with db.write() as conn:  # back to what version 1 looked like
         conn.execute(sa.text("DROP TABLE parts"))
@@ -100,7 +104,8 @@ def test_newer_schema_is_refused(tmp_path):
 
 
 def test_domain_on_both_stores(database, tmp_path):
-    identities = Identities(database, RootKey(secrets.token_bytes(32)))
+    root_key = SealingKey(secrets.token_bytes(32))
+    identities = Identities(database, root_key)
     key = identities.create_account("1250000000", "100000000001")
     found = identities.lookup_key(key.secret_id)
     assert found is not None and found.secret_key == key.secret_key
@@ -114,7 +119,21 @@ def test_domain_on_both_stores(database, tmp_path):
 
     store = RegionStore("ap-tianjin", tmp_path / "r")
     store.prepare()
-    objects = Objects(database, {"ap-tianjin": store}, lease_seconds=10,
+    # the built-in KMS and the service role on this store too
+    kms, roles = BuiltinKms(database, root_key), Roles(database)
+    kms_key = kms.create_key("1250000000", "ap-tianjin")
+    assert kms.unwrap(kms_key.key_id, kms.wrap(kms_key.key_id, b"k" * 32)) == b"k" * 32
+    assert not kms.set_enabled(kms_key.key_id, False).enabled
+    with pytest.raises(KmsError, match="disabled"):
+        kms.wrap(kms_key.key_id, b"k" * 32)
+    assert [k.key_id for k in kms.list_keys("1250000000")] == [kms_key.key_id]
+    roles.grant("1250000000")
+    roles.grant("1250000000")  # twice is once
+    assert roles.granted("1250000000") and not roles.granted("1250000001")
+    roles.revoke("1250000000")
+    assert not roles.granted("1250000000")
+    keyring = Keyring(SealingKey(secrets.token_bytes(32)), kms, roles)
+    objects = Objects(database, {"ap-tianjin": store}, keyring, lease_seconds=10,
                       max_object_size=1 << 30)
     keys = ["z", "a/1", "a/2", "é", "中", "😀", "b"]
     for k in keys:

@@ -25,7 +25,8 @@ def test_two_servers_share_postgresql_and_storage(tmp_path, pg_database):
     config.write_text(f'metadata_url = "{pg_database}"\n[regions]\n'
                       f'ap-tianjin = "{shared / "tianjin"}"\n'
                       f'ap-shanghai = "{shared / "shanghai"}"\n')
-    env = {**os.environ, "DATACOFFER_ROOT_KEY": base64.b64encode(os.urandom(32)).decode()}
+    env = {**os.environ, "DATACOFFER_ROOT_KEY": base64.b64encode(os.urandom(32)).decode(),
+           "DATACOFFER_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
     a = ServerProcess(tmp_path / "a", env=env, config=config)
     b = ServerProcess(tmp_path / "b", env=env, config=config)
     a.start()

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from datacoffer import rootkey
 from datacoffer.config import Settings
 from datacoffer.core.coffers import Coffers
 from datacoffer.core.identities import Identities
+from datacoffer.core.keyring import Keyring
 from datacoffer.core.objects import Objects
+from datacoffer.core.roles import Roles
 from datacoffer.core.uploads import Uploads
+from datacoffer.kms.builtin import BuiltinKms
 from datacoffer.meta.db import Database, SchemaTooNew
+from datacoffer.meta.schema import key_checks
+from datacoffer.rootkey import SealingKey
 from datacoffer.storage.blobs import RegionStore
+
+#: sealed under the master key in `key_checks`, to recognise the right one at start
+_MASTER_CHECK = b"datacoffer service master key"
 
 
 class InstallationError(Exception):
@@ -31,6 +41,9 @@ class Installation:
     coffers: Coffers
     objects: Objects
     uploads: Uploads
+    keyring: Keyring
+    kms: BuiltinKms
+    roles: Roles
     #: whether this open created the installation (first start)
     is_new: bool
 
@@ -47,6 +60,11 @@ class Installation:
                 f"there is no Data Coffer installation in {settings.data_dir}: check "
                 f"--data-dir, or start `datacoffer serve --data-dir {settings.data_dir}` "
                 "once to create one")
+        try:  # a malformed key is refused before anything is created
+            root_key = rootkey.load(settings.data_dir)
+            master_found = rootkey.load(settings.data_dir, "master")
+        except rootkey.KeyFileError as exc:
+            raise InstallationError(str(exc)) from None
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url)
         try:
@@ -54,7 +72,6 @@ class Installation:
         except SchemaTooNew as exc:
             db.close()
             raise InstallationError(str(exc)) from None
-        root_key = rootkey.load(settings.data_dir)
         if root_key is None and found == 0:
             root_key = rootkey.create(settings.data_dir)
         identities = Identities(db, root_key) if root_key else None
@@ -64,11 +81,20 @@ class Installation:
             db.close()
             raise InstallationError(fault)
         assert identities is not None
+        assert root_key is not None
+        try:
+            master = cls._master_key(settings, db, master_found, create=create)
+        except InstallationError:
+            db.close()
+            raise
+        kms = BuiltinKms(db, root_key)
+        roles = Roles(db)
+        keyring = Keyring(master, kms, roles)
         stores = {name: RegionStore(name, settings.region_path(name))
                   for name in settings.regions}
         for store in stores.values():
             store.prepare()
-        objects = Objects(db, stores, lease_seconds=settings.lease_seconds,
+        objects = Objects(db, stores, keyring, lease_seconds=settings.lease_seconds,
                           max_object_size=settings.max_object_size,
                           body_timeout=settings.body_timeout)
         return cls(
@@ -80,8 +106,43 @@ class Installation:
             objects=objects,
             uploads=Uploads(db, stores, objects, max_part_size=settings.max_object_size,
                             min_part_size=settings.min_part_size),
+            keyring=keyring,
+            kms=kms,
+            roles=roles,
             is_new=found == 0,
         )
+
+    @staticmethod
+    def _master_key(settings: Settings, db: Database, master: SealingKey | None, *,
+                    create: bool) -> SealingKey | None:
+        """The service master key (as loaded): checked against the value sealed with it, or
+        made (with that value) the first time a server starts without one."""
+        with db.read() as conn:
+            check = conn.execute(sa.select(key_checks.c.sealed)
+                                 .where(key_checks.c.name == "master")).scalar()
+        if check is not None:
+            try:
+                if master is None or master.open(check, "check") != _MASTER_CHECK:
+                    raise ValueError
+            except ValueError:
+                raise InstallationError(
+                    f"the service master key of the installation in {settings.data_dir} is "
+                    "missing or is not the one its EncryptType 1 data was written with: "
+                    f"restore {rootkey.path_of(settings.data_dir, 'master')} from the backup "
+                    f"(or set {rootkey.ENV_VARS['master']}); never let a new one be made"
+                ) from None
+            return master
+        if master is None:
+            if not create:
+                return None
+            master = rootkey.create(settings.data_dir, "master")
+        try:
+            with db.write() as conn:
+                conn.execute(key_checks.insert(), {
+                    "name": "master", "sealed": master.seal(_MASTER_CHECK, "check")})
+        except sa.exc.IntegrityError:
+            pass  # another process starting at the same time made the same key and check
+        return master
 
     @staticmethod
     def _fault(settings: Settings, identities: Identities | None,

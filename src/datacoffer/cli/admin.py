@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
 from datacoffer import __version__
-from datacoffer.cli.options import data_dir_option, emit, fail, open_installation, settings
+from datacoffer.cli.admin_keys import kms, role
+from datacoffer.cli.options import data_dir_option, emit, fail, installation
 from datacoffer.core.coffers import MULTIPART, STORED, WRITING
-from datacoffer.core.identities import ApiKey, IdentityError
+from datacoffer.core.identities import ApiKey
 from datacoffer.installation import Installation
 from datacoffer.meta.db import LATEST
 from datacoffer.meta.schema import coffers, object_copies, objects
-
-
-@contextmanager
-def installation(data_dir: str | None, config_file: str | None) -> Iterator[Installation]:
-    inst = open_installation(settings(data_dir, config_file), create=False)
-    try:
-        yield inst
-    except IdentityError as exc:
-        fail(str(exc))
-    finally:
-        inst.close()
 
 
 def _read_password(wanted: bool) -> str | None:
@@ -50,6 +39,10 @@ def _key_document(key: ApiKey) -> dict[str, str]:
 @click.group()
 def admin() -> None:
     """Operator commands. Each takes --data-dir and works while the server runs."""
+
+
+admin.add_command(kms)
+admin.add_command(role)
 
 
 @admin.group()

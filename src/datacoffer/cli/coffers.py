@@ -70,7 +70,8 @@ def remove_coffer(session: Session, coffer: Remote) -> None:
 @click.option("-r", "--recursive", is_flag=True, help="List every key under the prefix, not "
               "one level of 'directories'.")
 @click.option("-l", "--long", "long_", is_flag=True,
-              help="Also show times, sizes and ETags (for coffers: creation time and regions).")
+              help="Also show times, sizes and ETags (for coffers: creation time, regions and "
+                   "encryption).")
 @client_command
 def list_command(session: Session, where: Remote | None, recursive: bool, long_: bool) -> None:
     """List your coffers, or the objects of a coffer under a prefix.
@@ -87,12 +88,20 @@ def list_command(session: Session, where: Remote | None, recursive: bool, long_:
     client = session.client
     if where is None:
         listing = client.list_coffers()
-        if session.json:
-            session.emit([{"Name": c.name, "Locations": c.locations, "CreationDate": c.created}
-                          for c in listing.coffers])
+        rows = []
         for c in listing.coffers:
-            session.say(f"{when(c.created)}  {c.name}  {','.join(c.locations)}" if long_
-                        else c.name)
+            row: dict[str, object] = {"Name": c.name, "Locations": c.locations,
+                                      "CreationDate": c.created}
+            if long_:  # GetService does not say how a coffer is encrypted: GetCoffer does
+                page = client.get_coffer(c.name, max_keys=1)
+                row["EncryptType"] = page.encrypt_type
+                if page.encrypt_type == 2:
+                    row.update(KeyId=page.key_id, KeyRegion=page.key_region)
+            rows.append(row)
+            session.say(f"{when(c.created)}  {c.name}  {','.join(c.locations)}  "
+                        f"encrypt-type {row['EncryptType']}" if long_ else c.name)
+        if session.json:
+            session.emit(rows)
         return
     pages = client.iter_coffer(where.coffer, prefix=where.key,
                                delimiter="" if recursive else "/")

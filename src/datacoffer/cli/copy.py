@@ -87,12 +87,13 @@ def _download_jobs(client: Client, source: Remote, destination: str,
 
 
 def _move(client: Client, job: Job, config: TransferConfig, content_type: str | None,
-          advance: Callable[[int], None]) -> Outcome:
+          advance: Callable[[int], None], cancel: threading.Event) -> Outcome:
     remote = job.remote
     try:
         if job.upload:
             result = client.upload_file(remote.coffer, remote.key, job.local, config=config,
-                                        progress=advance, content_type=content_type)
+                                        progress=advance, content_type=content_type,
+                                        cancel=cancel)
         else:
             if job.local.exists() and same_content(client, remote.coffer, remote.key,
                                                    job.local):
@@ -100,7 +101,7 @@ def _move(client: Client, job: Job, config: TransferConfig, content_type: str | 
                 return Outcome(job, "skipped")
             job.local.parent.mkdir(parents=True, exist_ok=True)
             result = client.download_file(remote.coffer, remote.key, job.local, config=config,
-                                          progress=advance)
+                                          progress=advance, cancel=cancel)
         return Outcome(job, "copied", etag=result.etag, resumed_parts=result.resumed_parts)
     except errors.Conflict as exc:
         # immutable: a key already holding these very bytes is a copy already made
@@ -179,11 +180,15 @@ def copy(session: Session, source: str, destination: str, recursive: bool, paral
     started = time.monotonic()
     outcomes: list[Outcome] = []
     lock = threading.Lock()
+    # the files move in worker threads: Ctrl-C reaches this thread, which tells them to stop
+    cancel = threading.Event()
     with Bars(progress, sum(j.size for j in jobs), len(jobs)) as bars:
         def run(job: Job) -> None:
+            if cancel.is_set():
+                return
             name = str(job.remote) if job.upload else str(job.local)
             advance, done = bars.file(name, job.size)
-            outcome = _move(client, job, config, content_type, advance)
+            outcome = _move(client, job, config, content_type, advance, cancel)
             done()
             if outcome.error is not None and len(jobs) > 1:
                 bars.note(f"failed: {job.local} -> {job.remote}: {outcome.error}"
@@ -194,8 +199,14 @@ def copy(session: Session, source: str, destination: str, recursive: bool, paral
 
         order = {id(job): i for i, job in enumerate(jobs)}
 
-        with ThreadPoolExecutor(max_workers=files_at_once) as pool:
+        pool = ThreadPoolExecutor(max_workers=files_at_once)
+        try:
             list(pool.map(run, jobs))
+        except BaseException:
+            cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     outcomes.sort(key=lambda o: order[id(o.job)])  # the first failure is the first file's
     _report(session, outcomes, time.monotonic() - started)
 

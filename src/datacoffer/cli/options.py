@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from datacoffer import config
+from datacoffer.core.identities import IdentityError
 from datacoffer.installation import Installation, InstallationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,3 +50,14 @@ def open_installation(conf: config.Settings, *, create: bool) -> Installation:
 def emit(document: Any) -> None:
     """Print exactly one JSON document on standard output."""
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@contextmanager
+def installation(data_dir: str | None, config_file: str | None) -> Iterator[Installation]:
+    inst = open_installation(settings(data_dir, config_file), create=False)
+    try:
+        yield inst
+    except IdentityError as exc:
+        fail(str(exc))
+    finally:
+        inst.close()

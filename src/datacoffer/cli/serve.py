@@ -15,7 +15,8 @@ from datacoffer.config import Settings
 
 FIRST_START = """\
 Data Coffer: a new installation was created in {data_dir}
-(its root key is in {data_dir}/keys/root.key: back it up, apart from the data).
+(its keys are in {data_dir}/keys/: root.key and master.key; back them up, apart from
+the data).
 
 Create the first account (prints its SecretId and SecretKey as JSON):
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -415,19 +416,22 @@ class Client:
     def upload_file(self, coffer: str, key: str, path: str | os.PathLike[str], *,
                     config: transfer.TransferConfig | None = None,
                     progress: transfer.Progress | None = None,
-                    content_type: str | None = None) -> models.TransferResult:
+                    content_type: str | None = None,
+                    cancel: threading.Event | None = None) -> models.TransferResult:
         """Store a local file, by PutObject or a parallel multipart upload, resumable and
         verified (see `transfer.upload_file`)."""
         return transfer.upload_file(self, coffer, key, Path(path), config=config,
-                                    progress=progress, content_type=content_type)
+                                    progress=progress, content_type=content_type,
+                                    cancel=cancel)
 
     def download_file(self, coffer: str, key: str, path: str | os.PathLike[str], *,
                       config: transfer.TransferConfig | None = None,
-                      progress: transfer.Progress | None = None) -> models.TransferResult:
+                      progress: transfer.Progress | None = None,
+                      cancel: threading.Event | None = None) -> models.TransferResult:
         """Fetch an object into a local file with parallel GETs, verified (see
         `transfer.download_file`)."""
         return transfer.download_file(self, coffer, key, Path(path), config=config,
-                                      progress=progress)
+                                      progress=progress, cancel=cancel)
 
     def close(self) -> None:
         self._http.close()

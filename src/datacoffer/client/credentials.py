@@ -110,8 +110,9 @@ def resolve(endpoint: str | None = None, secret_id: str | None = None,
             region: str | None = None, *, profile: str | None = None) -> Profile:
     """The settings to use. The key pair (with its token) comes whole from one place: the
     arguments, else the environment, else the profile, so that two halves never mix; a
-    profile named explicitly (`profile`, `--profile`) comes before the environment. The
-    profile file is read only when the arguments leave something to find."""
+    profile named explicitly (`profile`, `--profile`) comes before the environment, for the
+    endpoint and region as well. The profile file is read only when the arguments leave
+    something to find (the endpoint or the key pair)."""
     name = profile or os.environ.get("DATACOFFER_PROFILE") or DEFAULT_PROFILE
     env = {key: os.environ.get(var) for key, var in ENV.items()}
     given = {"secret_id": secret_id, "secret_key": secret_key, "token": token}
@@ -140,10 +141,12 @@ def resolve(endpoint: str | None = None, secret_id: str | None = None,
         raise CredentialsError(
             f"incomplete credentials in {where}: {have} is set but {lack} is not; give "
             "both halves of the key pair in one place")
+    # a profile named explicitly is what its user wants: its endpoint and region too
+    first, second = (stored, env) if profile else (env, stored)
     return Profile(
-        endpoint=(endpoint or env["endpoint"] or stored.get("endpoint")
+        endpoint=(endpoint or first.get("endpoint") or second.get("endpoint")
                   or DEFAULT_ENDPOINT).rstrip("/"),
         secret_id=str(keys["secret_id"]), secret_key=str(keys["secret_key"]),
         token=keys.get("token") or None,
-        region=region or env["region"] or stored.get("region") or None,
+        region=region or first.get("region") or second.get("region") or None,
     )

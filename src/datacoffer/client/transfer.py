@@ -51,9 +51,9 @@ class _Progress:
     read, sent or written reports here, so a stop (a failure elsewhere, Ctrl-C) ends each
     worker within one chunk."""
 
-    def __init__(self, report: Progress | None) -> None:
+    def __init__(self, report: Progress | None, cancel: threading.Event | None) -> None:
         self.report = report or _ignore
-        self.stop = threading.Event()
+        self.stop = cancel or threading.Event()
 
     def __call__(self, count: int) -> None:
         if self.stop.is_set():
@@ -162,20 +162,22 @@ def _check(what: str, expected: str, actual: str) -> None:
 
 def upload_file(client: Client, coffer: str, key: str, path: Path, *,
                 config: TransferConfig | None = None, progress: Progress | None = None,
-                content_type: str | None = None) -> models.TransferResult:
+                content_type: str | None = None,
+                cancel: threading.Event | None = None) -> models.TransferResult:
     """Store `path` at `key`: one PutObject up to `config.threshold`, else a multipart upload
     with `config.concurrency` parts in flight.
 
     Verified end to end: a PutObject is sent with its Content-MD5, each part's ETag is checked
     against the part's MD5, and the stored object's SHA-256 (HeadObject) against the file's.
     A multipart upload that fails is left in place so that running the same upload again
-    resumes it: parts already stored with the right MD5 are kept (ListParts).
+    resumes it: parts already stored with the right MD5 are kept (ListParts). Setting `cancel`
+    (from another thread) stops the transfer within a chunk, with `Stopped`.
     """
     config = config or TransferConfig()
     size = path.stat().st_size
     if size <= config.threshold:
-        return _put(client, coffer, key, path, size, _Progress(progress), content_type)
-    return _multipart(client, coffer, key, path, size, config, _Progress(progress),
+        return _put(client, coffer, key, path, size, _Progress(progress, cancel), content_type)
+    return _multipart(client, coffer, key, path, size, config, _Progress(progress, cancel),
                       content_type)
 
 
@@ -265,18 +267,18 @@ def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
 # -- download --------------------------------------------------------------------------------
 
 def download_file(client: Client, coffer: str, key: str, path: Path, *,
-                  config: TransferConfig | None = None,
-                  progress: Progress | None = None) -> models.TransferResult:
+                  config: TransferConfig | None = None, progress: Progress | None = None,
+                  cancel: threading.Event | None = None) -> models.TransferResult:
     """Fetch an object into `path`, verified against its `x-cdcs-checksum-sha256`.
 
     A multipart object is fetched part by part (GetObject `partNumber`), each part checked
     against its own SHA-256 and the whole against the composite; a large simple object in
     parallel ranges, hashed in order as they land. The bytes go to a hidden file beside
-    `path`, which replaces `path` only once verified and flushed to disk; a failed download
-    leaves nothing behind.
+    `path`, which replaces `path` only once verified and flushed to disk; a failed or
+    cancelled (`cancel`, as for `upload_file`) download leaves nothing behind.
     """
     config = config or TransferConfig()
-    stopper = _Progress(progress)
+    stopper = _Progress(progress, cancel)
     info = client.head_object(coffer, key, part_number=1)
     tmp = path.with_name(f".{path.name[:200]}.datacoffer-{secrets.token_hex(4)}")
     # created as any new file would be (umask applies); a replaced file keeps its mode
@@ -397,4 +399,6 @@ def same_content(client: Client, coffer: str, key: str, path: Path) -> bool:
         local = _Hashed(path, offset, length, _ignore)
         local.digest_all()
         md5s.append(local.md5.digest())
+    # a multipart object may end with an empty part, which no span of the file stands for
+    md5s += [hashlib.md5(b"").digest()] * max(0, (info.parts_count or 0) - len(md5s))
     return _multipart_etag(md5s) == info.etag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -129,13 +130,13 @@ class Coffers:
         if spec.encrypt_type == 2 and not (spec.key_id and spec.key_region):
             raise CdcsError("InvalidArgument", "EncryptType 2 needs KeyId and KeyRegion.",
                             resource=name)
-        if spec.encrypt_type != 0:
-            raise CdcsError("InvalidArgument",
-                            "Encryption at rest (EncryptType 1 and 2) is not available in this "
-                            "version of the server yet; use EncryptType 0.", resource=name)
 
-    def create(self, owner: Identity, name: str, spec: CofferSpec) -> Coffer:
-        """Create a coffer owned by `owner`'s account; `owner` must be a root identity."""
+    def create(self, owner: Identity, name: str, spec: CofferSpec,
+               check_key: Callable[[], None] | None = None) -> Coffer:
+        """Create a coffer owned by `owner`'s account; `owner` must be a root identity.
+
+        `check_key` (the customer key's checks, for EncryptType 2) runs last, in the
+        transaction, so that its refusal comes after the name's and the count's."""
         _, app_id = split_coffer_name(name)
         with self.db.write() as conn:
             row = conn.execute(sa.select(coffers).where(coffers.c.name == name)).first()
@@ -153,6 +154,8 @@ class Coffers:
                 raise CdcsError("CofferCountExceedsLimit",
                                 f"An account may own at most {self.max_coffers} coffers.",
                                 resource=name)
+            if check_key is not None:
+                check_key()
             created = now_ms()
             result = conn.execute(coffers.insert().values(
                 name=name, owner_uin=owner.account_uin, app_id=app_id,

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from datacoffer.core.clock import now_ms
 from datacoffer.meta.db import Database
 from datacoffer.meta.schema import api_keys, identities
-from datacoffer.rootkey import RootKey
+from datacoffer.rootkey import SealingKey
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -77,7 +77,7 @@ _KEY_QUERY = _key_query()
 
 
 class Identities:
-    def __init__(self, db: Database, root_key: RootKey) -> None:
+    def __init__(self, db: Database, root_key: SealingKey) -> None:
         self.db = db
         self.root_key = root_key
 
@@ -205,6 +205,14 @@ class Identities:
                 .values(whitelisted=whitelisted))
             if result.rowcount == 0:
                 raise IdentityError(f"no account with AppID {app_id}")
+
+    def require_account(self, app_id: str) -> None:
+        """IdentityError unless an account has this AppID."""
+        with self.db.read() as conn:
+            found = conn.execute(sa.select(identities.c.uin).where(
+                (identities.c.app_id == app_id) & identities.c.parent_uin.is_(None))).first()
+        if found is None:
+            raise IdentityError(f"no account with AppID {app_id}")
 
     def whitelist(self) -> list[dict[str, str]]:
         with self.db.read() as conn:

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import anyio
 
+from datacoffer.crypto.envelope import Sealer
 from datacoffer.errors import CdcsError
 from datacoffer.storage.blobs import BlobWriter, RegionStore
 
@@ -27,6 +28,26 @@ log = logging.getLogger("datacoffer.ingest")
 WRITE_BATCH = 1024 * 1024
 
 T = TypeVar("T")
+
+
+class SealedBlob:
+    """A blob written through a `Sealer`: what is written is the encrypted format."""
+
+    def __init__(self, blob: BlobWriter, sealer: Sealer) -> None:
+        self.blob = blob
+        self.sealer = sealer
+        blob.write(sealer.start(blob.blob_id))
+
+    def write(self, data: bytes | bytearray) -> None:
+        for sealed in self.sealer.update(data):
+            self.blob.write(sealed)
+
+    def commit(self) -> None:
+        self.blob.write(self.sealer.finish())
+        self.blob.commit()
+
+    def abort(self) -> None:
+        self.blob.abort()
 
 
 @dataclass(frozen=True)
@@ -44,15 +65,18 @@ async def write_leased(
     store: RegionStore, blob_id: str, body: AsyncIterator[bytes], length: int,
     content_md5: bytes | None, *, resource: str, idle_timeout: float, lease_seconds: float,
     renew: Callable[[], bool], cancel: Callable[[], None], finish: Callable[[Digest], T],
+    sealer: Sealer | None = None,
 ) -> T:
-    """Write exactly `length` bytes of `body` to a new blob and record it with `finish`.
+    """Write exactly `length` bytes of `body` to a new blob (encrypted by `sealer`, when
+    given) and record it with `finish`. The digests are of the plaintext.
 
     `renew`, `cancel` and `finish` run in worker threads: they touch the metadata store.
     """
-    blob: BlobWriter | None = None
+    blob: BlobWriter | SealedBlob | None = None
     renewer = asyncio.create_task(_keep_renewing(renew, lease_seconds, resource))
     try:
-        blob = await anyio.to_thread.run_sync(store.create, blob_id)
+        plain = await anyio.to_thread.run_sync(store.create, blob_id)
+        blob = plain if sealer is None else SealedBlob(plain, sealer)
         md5, sha = hashlib.md5(), hashlib.sha256()
         await _pump(body, blob, md5, sha, length, resource, idle_timeout)
         if content_md5 is not None and md5.digest() != content_md5:
@@ -85,7 +109,7 @@ async def _keep_renewing(renew: Callable[[], bool], period: float, resource: str
             return
 
 
-async def _pump(body: AsyncIterator[bytes], blob: BlobWriter, md5: hashlib._Hash,
+async def _pump(body: AsyncIterator[bytes], blob: BlobWriter | SealedBlob, md5: hashlib._Hash,
                 sha: hashlib._Hash, length: int, resource: str, idle_timeout: float) -> None:
     """Move the body into the blob, hashing it, in batches run off the event loop.
 

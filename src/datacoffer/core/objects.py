@@ -25,6 +25,8 @@ from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import STORED, WRITING, Coffer
 from datacoffer.core.identities import Identity
 from datacoffer.core.ingest import write_leased
+from datacoffer.core.keyring import KeyOpener, Keyring
+from datacoffer.crypto import envelope
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
 from datacoffer.meta.schema import coffers, object_copies, objects, parts, uploads
@@ -101,10 +103,11 @@ _HEAD = (
 
 
 class Objects:
-    def __init__(self, db: Database, stores: dict[str, RegionStore], *,
+    def __init__(self, db: Database, stores: dict[str, RegionStore], keyring: Keyring, *,
                  lease_seconds: int, max_object_size: int, body_timeout: int = 60) -> None:
         self.db = db
         self.stores = stores
+        self.keyring = keyring
         self.lease_ms = lease_seconds * 1000
         self.max_object_size = max_object_size
         self.body_timeout = body_timeout
@@ -218,6 +221,8 @@ class Objects:
                   body: AsyncIterator[bytes], length: int, content_type: str,
                   content_md5: bytes | None) -> StoredObject:
         """Store a new object from a byte stream of exactly `length` bytes."""
+        # the coffer's key is checked (and a data key wrapped) before the key is taken
+        sealer = await anyio.to_thread.run_sync(self.keyring.sealer, coffer)
         res = await anyio.to_thread.run_sync(self.reserve, coffer, key, writer)
         return await write_leased(
             self.stores[coffer.primary], res.blob_id, body, length, content_md5,
@@ -225,7 +230,8 @@ class Objects:
             lease_seconds=self.lease_ms / 1000, renew=lambda: self.renew(res),
             cancel=lambda: self.cancel(res),
             finish=lambda d: self.finish(res, size=d.size, etag=d.etag, sha256=d.sha256,
-                                         content_type=content_type or DEFAULT_CONTENT_TYPE))
+                                         content_type=content_type or DEFAULT_CONTENT_TYPE),
+            sealer=sealer)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -260,10 +266,12 @@ class Objects:
             offset += size
         return spans
 
-    def read(self, obj: StoredObject, region: str, start: int, length: int) -> Iterator[bytes]:
-        """The bytes [start, start+length). Every part that the range covers whole is checked
-        against its SHA-256 (so a whole-object read checks everything); a part read only in
-        pieces cannot be checked."""
+    def read(self, obj: StoredObject, region: str, start: int, length: int,
+             open_key: KeyOpener | None = None) -> Iterator[bytes]:
+        """The bytes [start, start+length), decrypted with `open_key` (`Keyring.opener`) when
+        the object is encrypted. Every part that the range covers whole is checked against its
+        SHA-256 (so a whole-object read checks everything); a part read only in pieces cannot
+        be checked, except by decryption, which checks every chunk it reads."""
         store = self.stores[region]
         # The last chunk is held back until the hashes are checked: were it sent first, the
         # client would have every Content-Length byte, and damaged data would look good.
@@ -273,8 +281,10 @@ class Objects:
             if offset + size > start and offset < end:
                 first = max(start, offset) - offset
                 count = min(end, offset + size) - offset - first
-                check = hashlib.sha256() if count == size else None
-                for chunk in store.read(blob_id, first, count):
+                # decryption authenticates every chunk, the file's length and its place: an
+                # encrypted blob needs no second check by SHA-256
+                check = hashlib.sha256() if count == size and open_key is None else None
+                for chunk in self._blob_bytes(store, blob_id, size, first, count, open_key):
                     if check is not None:
                         check.update(chunk)
                     if held is not None:
@@ -286,6 +296,13 @@ class Objects:
             offset += size
         if held is not None:
             yield held
+
+    @staticmethod
+    def _blob_bytes(store: RegionStore, blob_id: str, size: int, first: int, count: int,
+                    open_key: KeyOpener | None) -> Iterator[bytes]:
+        if open_key is None:
+            return store.read(blob_id, first, count)
+        return _decrypted(store, blob_id, size, first, count, open_key)
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -337,3 +354,15 @@ def _row_to_object(row: sa.Row) -> StoredObject:
                         sha256=row.sha256, content_type=row.content_type,
                         created_ms=row.created_ms, writer_uin=row.writer_uin,
                         blob_id=row.blob_id, encrypt_type=row.encrypt_type)
+
+
+def _decrypted(store: RegionStore, blob_id: str, size: int, first: int, count: int,
+               open_key: KeyOpener) -> Iterator[bytes]:
+    try:
+        with store.open_blob(blob_id) as fh:
+            fd = fh.fileno()
+            yield from envelope.read_plain(
+                lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size, blob_id,
+                size, first, count, open_key)
+    except envelope.DecryptError as exc:
+        raise CorruptData(f"blob {blob_id} in region {store.name}: {exc}") from None

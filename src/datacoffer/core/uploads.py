@@ -133,6 +133,7 @@ class Uploads:
     def initiate(self, coffer: Coffer, key: str, initiator: Identity,
                  content_type: str) -> Upload:
         """Start an upload: it holds the key until it is completed or aborted."""
+        self.objects.keyring.check(coffer)
         for _ in range(3):
             try:
                 with self.db.write() as conn:
@@ -271,13 +272,14 @@ class Uploads:
 
     async def upload_part(self, upload: Upload, number: int, body: AsyncIterator[bytes],
                           length: int, content_md5: bytes | None) -> Part:
+        sealer = await anyio.to_thread.run_sync(self.objects.keyring.sealer, upload.coffer)
         blob_id = await anyio.to_thread.run_sync(self._reserve_part, upload, number)
         return await write_leased(
             self.stores[upload.coffer.primary], blob_id, body, length, content_md5,
             resource=upload.resource, idle_timeout=self.objects.body_timeout,
             lease_seconds=self.objects.lease_ms / 1000,
             renew=lambda: self._renew_part(blob_id), cancel=lambda: self._cancel_part(blob_id),
-            finish=lambda d: self._finish_part(upload, number, blob_id, d))
+            finish=lambda d: self._finish_part(upload, number, blob_id, d), sealer=sealer)
 
     def list_parts(self, upload: Upload, marker: int, max_count: int) -> PartsPage:
         """The stored parts numbered above `marker`, at most `max_count` of them."""

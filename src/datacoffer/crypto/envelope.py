@@ -10,11 +10,12 @@ bytes are AES-256-GCM in chunks of 64 KiB:
     chunk i  ciphertext of plaintext bytes [i*C, (i+1)*C) | 16-byte tag
 
 Chunk i's nonce is i as a 96-bit big-endian number (the data key encrypts this blob only) and
-its associated data is SHA-256(header) | i (u64) | final (u8: 1 on the last chunk). So a chunk
-moved, dropped, repeated, cut short or altered, or a header swapped, makes decryption fail; an
-empty blob is one final chunk of 16 bytes. The reader knows the plaintext size from the
-metadata, hence which chunk must be the final one. docs/encryption.md describes the format;
-a future version gets another version byte and coexists with this one.
+its associated data is SHA-256(header | blob id) | i (u64) | final (u8: 1 on the last chunk).
+So a chunk moved, dropped, repeated, cut short or altered, a header swapped, or a whole blob
+copied over another's file, makes decryption fail; an empty blob is one final chunk of 16
+bytes. The reader knows the plaintext size from the metadata, hence which chunk must be the
+final one and how long the file must be. docs/encryption.md describes the format; a future
+version gets another version byte and coexists with this one.
 """
 
 from __future__ import annotations
@@ -55,14 +56,16 @@ class Header:
         return _LEAD.pack(MAGIC, _LEAD.size + len(body)) + body
 
     @classmethod
-    def read(cls, read: Callable[[int, int], Iterator[bytes]]) -> tuple[Header, bytes]:
+    def read(cls, pread: Callable[[int, int], bytes]) -> tuple[Header, bytes]:
         """The header of a stored blob (two small reads), and its encoded bytes."""
         try:
-            magic, length = _LEAD.unpack(b"".join(read(0, _LEAD.size)))
-            if magic != MAGIC or length < _LEAD.size + _FIXED.size + 4:
+            magic, length = _LEAD.unpack(pread(0, _LEAD.size))
+            if magic != MAGIC or length < _LEAD.size + _FIXED.size + 2:
                 raise DecryptError("the encrypted blob's header is damaged or of an unknown "
                                    "version")
-            body = b"".join(read(_LEAD.size, length - _LEAD.size))
+            body = pread(_LEAD.size, length - _LEAD.size)
+            if len(body) != length - _LEAD.size:
+                raise DecryptError("the encrypted blob's header is cut short")
             chunk, kind, id_len = _FIXED.unpack_from(body)
             pos = _FIXED.size + id_len
             key_id = body[_FIXED.size:pos].decode()
@@ -94,76 +97,96 @@ class Sealer:
     def __init__(self, data_key: bytes, header: Header) -> None:
         self._aead = AESGCM(data_key)
         self.header = header.encode()
-        self._digest = hashlib.sha256(self.header).digest()
+        self._digest = b""
         self._chunk = header.chunk_size
         self._pending = bytearray()
         self._index = 0
 
-    def start(self) -> bytes:
+    def start(self, blob_id: str) -> bytes:
+        """The header, to be written first; the chunks are bound to the blob's id."""
+        self._digest = _bound(self.header, blob_id)
         return self.header
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
-        """The ciphertext of every whole chunk that `data` completes (held back: the last,
-        which may be the final one)."""
-        self._pending += data
-        size = self._chunk
-        # keep at least one byte pending: only finish() knows which chunk is final
-        full = (len(self._pending) - 1) // size
-        if not full:
-            return b""
-        with memoryview(self._pending) as view:
-            out = b"".join(self._seal(view[i * size:(i + 1) * size], final=False)
-                           for i in range(full))
-        del self._pending[:full * size]
+    def update(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """The sealed chunks that `data` completes. The last chunk is always held back (only
+        `finish` knows which chunk is final), and whole chunks are sealed straight from
+        `data`, without copying it."""
+        size, out = self._chunk, []
+        view, pos = memoryview(data), 0
+        if self._pending:
+            need = size - len(self._pending)
+            if len(view) <= need:
+                self._pending += view
+                return out
+            self._pending += view[:need]
+            out.append(self._seal(self._pending, final=False))
+            pos = need
+        full = (len(view) - pos - 1) // size
+        out += [self._seal(view[pos + i * size:pos + (i + 1) * size], final=False)
+                for i in range(full)]
+        self._pending = bytearray(view[pos + full * size:])
         return out
 
     def finish(self) -> bytes:
         return self._seal(bytes(self._pending), final=True)
 
-    def _seal(self, plain: bytes | memoryview, *, final: bool) -> bytes:
+    def _seal(self, plain: bytes | bytearray | memoryview, *, final: bool) -> bytes:
         sealed = self._aead.encrypt(_nonce(self._index), plain,
                                     _aad(self._digest, self._index, final))
         self._index += 1
         return sealed
 
 
-def read_plain(read: Callable[[int, int], Iterator[bytes]], size: int, start: int, length: int,
-               open_key: Callable[[Header], bytes]) -> Iterator[bytes]:
-    """Plaintext bytes [start, start+length) of an encrypted blob holding `size` bytes.
+def _bound(header: bytes, blob_id: str) -> bytes:
+    return hashlib.sha256(header + blob_id.encode()).digest()
 
-    `read(offset, count)` yields the stored bytes; only the chunks that hold the range are read
-    and decrypted. `open_key` unwraps the header's data key (raising the KMS's refusal).
+
+#: Chunks decrypted per read: one pread and one piece of output per batch (about 1 MiB).
+BATCH = 16
+
+
+def read_plain(pread: Callable[[int, int], bytes], stored_length: int, blob_id: str, size: int,
+               start: int, length: int, open_key: Callable[[Header], bytes]) -> Iterator[bytes]:
+    """Plaintext bytes [start, start+length) of the encrypted blob `blob_id`, which holds
+    `size` bytes of plaintext in `stored_length` bytes.
+
+    `pread(offset, count)` reads stored bytes; only the chunks that hold the range are read and
+    decrypted, in batches. `open_key` unwraps the header's data key (raising the KMS's refusal).
     """
-    header, encoded = Header.read(read)
+    header, encoded = Header.read(pread)
+    chunk = header.chunk_size
+    last = chunk_count(size, chunk) - 1
+    if stored_length != len(encoded) + size + TAG * (last + 1):
+        raise DecryptError(f"the encrypted blob is {stored_length} bytes long, not "
+                           f"{len(encoded) + size + TAG * (last + 1)}")
     aead = AESGCM(open_key(header))
-    digest = hashlib.sha256(encoded).digest()
-    chunk, last = header.chunk_size, chunk_count(size, header.chunk_size) - 1
+    digest = _bound(encoded, blob_id)
     if length <= 0:
+        if size == 0:  # an empty blob is still authenticated: its one empty final chunk
+            _open(aead, pread(len(encoded), TAG), 0, digest, True)
         return
     first_i, last_i = start // chunk, (start + length - 1) // chunk
-
-    def stored(index: int) -> int:
-        return chunk + TAG if index != last else size - last * chunk + TAG
-
-    offset = len(encoded) + first_i * (chunk + TAG)
-    count = sum(stored(i) for i in range(first_i, last_i + 1))
-    buf = bytearray()
-    index = first_i
-    try:
-        for piece in read(offset, count):
-            buf += piece
-            while index <= last_i and len(buf) >= stored(index):
-                take = stored(index)
-                plain = _open(aead, bytes(buf[:take]), index, digest, index == last)
-                del buf[:take]
-                lo = max(start - index * chunk, 0)
-                yield plain[lo:start + length - index * chunk]
-                index += 1
-    except OSError:  # the file is shorter than the chunks it must hold
-        raise DecryptError("the encrypted blob is shorter than its size") from None
+    sealed_chunk = chunk + TAG
+    for batch in range(first_i, last_i + 1, BATCH):
+        stop = min(batch + BATCH, last_i + 1)
+        offset = len(encoded) + batch * sealed_chunk
+        count = (stop - batch) * sealed_chunk - (chunk - (size - last * chunk)
+                                                 if stop - 1 == last else 0)
+        data = pread(offset, count)
+        if len(data) != count:
+            raise DecryptError("the encrypted blob is shorter than its size")
+        view = memoryview(data)
+        plain = b"".join(
+            _open(aead, view[(i - batch) * sealed_chunk:(i - batch + 1) * sealed_chunk],
+                  i, digest, i == last)
+            for i in range(batch, stop))
+        lo = max(start - batch * chunk, 0)
+        hi = min(start + length - batch * chunk, len(plain))
+        yield plain if lo == 0 and hi == len(plain) else plain[lo:hi]
 
 
-def _open(aead: AESGCM, sealed: bytes, index: int, digest: bytes, final: bool) -> bytes:
+def _open(aead: AESGCM, sealed: bytes | memoryview, index: int, digest: bytes,
+          final: bool) -> bytes:
     try:
         return aead.decrypt(_nonce(index), sealed, _aad(digest, index, final))
     except InvalidTag:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from urllib.parse import quote
@@ -54,7 +55,11 @@ async def put_coffer(call: Call) -> Response:
     spec = _parse_spec(call, await read_limited(call.request, MAX_COFFER_BODY, name))
     call.inst.coffers.check_spec(name, spec)
     access.require_root(call.identity, "PutCoffer", name)
-    coffer = await anyio.to_thread.run_sync(call.inst.coffers.create, call.identity, name, spec)
+    check_key = None if spec.encrypt_type != 2 else functools.partial(
+        call.inst.keyring.check_customer_key, call.identity.app_id, spec.key_id,
+        spec.key_region, name)
+    coffer = await anyio.to_thread.run_sync(call.inst.coffers.create, call.identity, name, spec,
+                                            check_key)
     call.region = coffer.primary
     return Response(b"")
 

@@ -9,6 +9,7 @@ import anyio
 from starlette.responses import Response, StreamingResponse
 
 from datacoffer.core.clock import rfc1123
+from datacoffer.core.coffers import Coffer
 from datacoffer.core.objects import StoredObject
 from datacoffer.core.uploads import MAX_PART_NUMBER
 from datacoffer.errors import CdcsError
@@ -78,12 +79,13 @@ async def put_object(call: Call) -> Response:
     return Response(b"", headers=object_headers(obj))
 
 
-async def _stored(call: Call) -> StoredObject:
+async def _stored(call: Call) -> tuple[Coffer, StoredObject]:
     check_key(call.endpoint.coffer, call.endpoint.key)
     coffer = await call.coffer()
     assert call.region is not None
-    return await anyio.to_thread.run_sync(call.inst.objects.head, coffer, call.endpoint.key,
-                                          call.region)
+    obj = await anyio.to_thread.run_sync(call.inst.objects.head, coffer, call.endpoint.key,
+                                         call.region)
+    return coffer, obj
 
 
 def _full_headers(obj: StoredObject) -> dict[str, str]:
@@ -129,7 +131,7 @@ def _part_span(call: Call, obj: StoredObject, number: int) -> tuple[int, int, di
 
 async def _answer(call: Call, *, body: bool) -> Response:
     number = _part_number(call)
-    obj = await _stored(call)
+    coffer, obj = await _stored(call)
     headers = _full_headers(obj)
     span: tuple[int, int] | None = None
     if number is not None:
@@ -156,7 +158,9 @@ async def _answer(call: Call, *, body: bool) -> Response:
     if not body:
         return Response(b"", status, headers)
     assert call.region is not None
-    chunks = call.inst.objects.read(obj, call.region, start, length)
+    # the coffer's key is checked before the answer starts: a refusal is an error answer
+    open_key = await anyio.to_thread.run_sync(call.inst.keyring.opener, coffer)
+    chunks = call.inst.objects.read(obj, call.region, start, length, open_key)
     if length <= SMALL_READ:
         # One worker-thread trip reads (and, whole, verifies) the bytes before any is sent:
         # a damaged small object is an error answer rather than a cut-off connection.

@@ -33,10 +33,17 @@ def _widen_checksums(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE objects ALTER COLUMN {column} TYPE VARCHAR(80)"))
 
 
+def _add_keys(conn: Connection) -> None:
+    """Version 4: the built-in KMS, service role grants, installation key checks."""
+    schema.metadata.create_all(conn, tables=[schema.kms_keys, schema.service_roles,
+                                             schema.key_checks])
+
+
 #: Migration N turns schema version N-1 into version N. A new database is created at the
 #: latest version directly from `schema`, so an entry is only needed for a change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_multipart, 3: _widen_checksums}
-LATEST = 3
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _add_multipart, 3: _widen_checksums, 4: _add_keys}
+LATEST = 4
 
 
 def _sqlite_setup(engine: Engine) -> None:

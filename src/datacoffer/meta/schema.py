@@ -122,3 +122,30 @@ parts = sa.Table(
              sqlite_where=sa.text("state = 'stored'"),
              postgresql_where=sa.text("state = 'stored'")),
 )
+
+
+#: Keys of the built-in KMS: one account's, in one region; the key material is sealed under
+#: the installation's root key (bound to the KeyId).
+kms_keys = sa.Table(
+    "kms_keys", metadata,
+    sa.Column("key_id", sa.String(64), primary_key=True),
+    sa.Column("app_id", sa.String(32), nullable=False, index=True),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("sealed_material", sa.LargeBinary, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+#: Accounts that granted the coffer service the right to use their KMS keys.
+service_roles = sa.Table(
+    "service_roles", metadata,
+    sa.Column("app_id", sa.String(32), primary_key=True),
+    sa.Column("granted_ms", sa.BigInteger, nullable=False),
+)
+
+#: A value sealed under each installation key, so that a start with a wrong key is refused.
+key_checks = sa.Table(
+    "key_checks", metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+)

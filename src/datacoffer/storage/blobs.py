@@ -116,6 +116,10 @@ class RegionStore:
     def has(self, blob_id: str) -> bool:
         return self.blob_path(blob_id).is_file()
 
+    def open_blob(self, blob_id: str) -> BinaryIO:
+        """The complete blob, open for reading (unbuffered: readers use os.pread)."""
+        return open(self.blob_path(blob_id), "rb", buffering=0)
+
     def read(self, blob_id: str, start: int, length: int) -> Iterator[bytes]:
         """Yield `length` bytes from `start`, in chunks of at most READ_CHUNK."""
         with open(self.blob_path(blob_id), "rb", buffering=0) as fh:
