@@ -295,3 +295,20 @@ def test_serve_refuses_a_bad_configuration(tmp_path):
     assert done.returncode == 2
     assert done.stderr == "error: port: expected a whole number, got 'eighty'\n"
     assert not (tmp_path / "d").exists()
+
+
+def test_kms_setting(tmp_path):
+    assert load(data_dir=str(tmp_path)).kms == "builtin"
+    with pytest.raises(ConfigError, match=r'^kms: expected "builtin" or "kmip", got \'vault\'$'):
+        load(data_dir=str(tmp_path), kms="vault")
+    with pytest.raises(ConfigError,
+                       match=r'^kms = "kmip" needs kmip_host, kmip_cert, kmip_key, kmip_ca$'):
+        load(data_dir=str(tmp_path), kms="kmip")
+    conf = tmp_path / "c.toml"
+    conf.write_text('kms = "kmip"\nkmip_host = "kms.example"\nkmip_cert = "c.pem"\n'
+                    'kmip_key = "k.pem"\nkmip_ca = "ca.pem"\nkmip_timeout = 3\n')
+    settings = load(conf, data_dir=str(tmp_path))
+    assert (settings.kms, settings.kmip_host, settings.kmip_port, settings.kmip_timeout) == (
+        "kmip", "kms.example", 5696, 3)
+    with pytest.raises(ConfigError, match=r"and kmip_timeout must be at least 1$"):
+        load(conf, data_dir=str(tmp_path), kmip_timeout=0)

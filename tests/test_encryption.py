@@ -883,7 +883,7 @@ def test_admin_disable_enable_and_list_keys(server: ServerProcess) -> None:
 
     code, out, err = admin_fails(server, "kms", "disable-key", "--key-id", "no-such-key")
     assert code == 1 and out == ""
-    assert err.strip() == "error: no key 'no-such-key' in the built-in KMS"
+    assert err.strip() == "error: no key 'no-such-key' in the KMS"
 
 
 def test_admin_role_grant_and_revoke(server: ServerProcess) -> None:

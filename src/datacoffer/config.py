@@ -44,6 +44,16 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
+    #: the KMS of EncryptType 2 coffers: "builtin" (keys in the metadata store) or "kmip"
+    kms: str = "builtin"
+    #: the KMIP key manager (with kms = "kmip"): address, client certificate and key, CA (PEM)
+    kmip_host: str = ""
+    kmip_port: int = 5696
+    kmip_cert: str = ""
+    kmip_key: str = ""
+    kmip_ca: str = ""
+    #: seconds before a KMIP request that gets no answer fails (KMSFailed)
+    kmip_timeout: int = 10
 
     def region_path(self, region: str) -> Path:
         path = Path(self.regions[region])
@@ -101,7 +111,14 @@ def load(config_file: str | Path | None = None, **flags: Any) -> Settings:
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
     if min(settings.max_coffers, settings.lease_seconds, settings.body_timeout,
-           settings.min_part_size) < 1:
-        raise ConfigError("max_coffers, lease_seconds, body_timeout and min_part_size must be "
-                          "at least 1")
+           settings.min_part_size, settings.kmip_timeout) < 1:
+        raise ConfigError("max_coffers, lease_seconds, body_timeout, min_part_size and "
+                          "kmip_timeout must be at least 1")
+    if settings.kms not in ("builtin", "kmip"):
+        raise ConfigError(f"kms: expected \"builtin\" or \"kmip\", got {settings.kms!r}")
+    if settings.kms == "kmip":
+        missing = [n for n in ("kmip_host", "kmip_cert", "kmip_key", "kmip_ca")
+                   if not getattr(settings, n)]
+        if missing:
+            raise ConfigError(f"kms = \"kmip\" needs {', '.join(missing)}")
     return settings

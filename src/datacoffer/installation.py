@@ -18,7 +18,9 @@ from datacoffer.core.keyring import Keyring
 from datacoffer.core.objects import Objects
 from datacoffer.core.roles import Roles
 from datacoffer.core.uploads import Uploads
+from datacoffer.kms import Kms
 from datacoffer.kms.builtin import BuiltinKms
+from datacoffer.kms.kmip import KmipKms, KmipSettings
 from datacoffer.meta.db import Database, SchemaTooNew
 from datacoffer.meta.schema import key_checks
 from datacoffer.rootkey import SealingKey
@@ -42,7 +44,7 @@ class Installation:
     objects: Objects
     uploads: Uploads
     keyring: Keyring
-    kms: BuiltinKms
+    kms: Kms
     roles: Roles
     #: whether this open created the installation (first start)
     is_new: bool
@@ -87,7 +89,7 @@ class Installation:
         except InstallationError:
             db.close()
             raise
-        kms = BuiltinKms(db, root_key)
+        kms = cls._kms(settings, db, root_key)
         roles = Roles(db)
         keyring = Keyring(master, kms, roles)
         stores = {name: RegionStore(name, settings.region_path(name))
@@ -111,6 +113,17 @@ class Installation:
             roles=roles,
             is_new=found == 0,
         )
+
+    @staticmethod
+    def _kms(settings: Settings, db: Database, root_key: SealingKey) -> Kms:
+        if settings.kms == "builtin":
+            return BuiltinKms(db, root_key)
+        config = settings.data_dir / "keys" / "kmip-client.conf"
+        config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config.touch()  # empty: PyKMIP then reads no /etc/pykmip or ~/.pykmip file
+        return KmipKms(db, KmipSettings(
+            settings.kmip_host, settings.kmip_port, settings.kmip_cert, settings.kmip_key,
+            settings.kmip_ca, settings.kmip_timeout), str(config))
 
     @staticmethod
     def _master_key(settings: Settings, db: Database, master: SealingKey | None, *,

@@ -40,7 +40,10 @@ def create_key(app_id: str, region: str | None, data_dir: str | None,
         region = region or regions[0]
         if region not in regions:
             fail(f"unknown region {region!r}; this installation has: {', '.join(regions)}", 2)
-        key = inst.kms.create_key(app_id, region)
+        try:
+            key = inst.kms.create_key(app_id, region)
+        except KmsError as exc:
+            fail(f"the KMS could not create the key: {exc}")
     emit({"KeyId": key.key_id, "KeyRegion": key.region})
 
 

@@ -297,6 +297,18 @@ class Objects:
         if held is not None:
             yield held
 
+    def preflight(self, obj: StoredObject, region: str, open_key: KeyOpener) -> None:
+        """Unwrap the first blob's data key before a streamed answer starts, so that the KMS's
+        refusal (KMSFailed) is an error answer; damaged data is left for the read to find."""
+        blob_id = self._layout(obj)[0][0]
+        try:
+            with self.stores[region].open_blob(blob_id) as fh:
+                header, _ = envelope.Header.read(
+                    lambda offset, n: os.pread(fh.fileno(), n, offset))
+        except (envelope.DecryptError, OSError):
+            return
+        open_key(header)
+
     @staticmethod
     def _blob_bytes(store: RegionStore, blob_id: str, size: int, first: int, count: int,
                     open_key: KeyOpener | None) -> Iterator[bytes]:

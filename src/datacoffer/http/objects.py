@@ -166,6 +166,9 @@ async def _answer(call: Call, *, body: bool) -> Response:
         # a damaged small object is an error answer rather than a cut-off connection.
         body_bytes = await anyio.to_thread.run_sync(b"".join, chunks)
         return Response(body_bytes, status, headers)
+    if open_key is not None:
+        # a key the KMS refuses must be a KMSFailed answer, not a cut-off download
+        await anyio.to_thread.run_sync(call.inst.objects.preflight, obj, call.region, open_key)
     return StreamingResponse(chunks, status, headers)
 
 

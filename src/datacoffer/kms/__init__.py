@@ -2,8 +2,9 @@
 
 A KMS holds customer master keys (one account's, in one region) and wraps and unwraps data
 keys with them; the key material never leaves it. `builtin.BuiltinKms` keeps keys in the
-metadata store (sealed under the installation's root key); `kmip.KmipKms` talks to an external
-key manager over KMIP.
+metadata store (sealed under the installation's root key); `kmip.KmipKms` uses an external
+key manager over KMIP. Either way a key's owner, region and enabled flag are rows of
+`table.KeyTable`, so `admin kms disable-key` works the same for both.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Kms(Protocol):
         ...
 
     def set_enabled(self, key_id: str, enabled: bool) -> KmsKey: ...
+
+    def list_keys(self, app_id: str | None = None) -> list[KmsKey]: ...
 
     def wrap(self, key_id: str, plaintext: bytes) -> bytes:
         """Encrypt a data key under the key (KmsError if it is disabled or missing)."""
