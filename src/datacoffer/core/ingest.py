@@ -39,8 +39,9 @@ class SealedBlob:
         blob.write(sealer.start(blob.blob_id))
 
     def write(self, data: bytes | bytearray) -> None:
-        for sealed in self.sealer.update(data):
-            self.blob.write(sealed)
+        sealed = self.sealer.update(data)
+        if sealed:
+            self.blob.write_all(sealed)
 
     def commit(self) -> None:
         self.blob.write(self.sealer.finish())

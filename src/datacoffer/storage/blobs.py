@@ -53,10 +53,19 @@ class BlobWriter:
         self._flush: Future[None] | None = None
 
     def write(self, data: bytes | memoryview) -> None:
+        self.write_all([data])
+
+    def write_all(self, pieces: list[bytes] | list[bytes | memoryview]) -> None:
+        """Append the pieces in order, with one system call where the OS allows."""
         assert self._file is not None
-        self._file.write(data)
-        self.size += len(data)
-        self._unflushed += len(data)
+        count = sum(len(p) for p in pieces)
+        done = os.writev(self._file.fileno(), pieces)
+        if done != count:  # a short write: finish it piece by piece
+            rest = b"".join(pieces)[done:]
+            while rest:
+                rest = rest[os.write(self._file.fileno(), rest):]
+        self.size += count
+        self._unflushed += count
         if self._unflushed >= FLUSH_EVERY and (self._flush is None or self._flush.done()):
             self._unflushed = 0
             self._flush = _flusher.submit(os.fdatasync, self._file.fileno())
