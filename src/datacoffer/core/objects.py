@@ -222,7 +222,8 @@ class Objects:
                   content_md5: bytes | None) -> StoredObject:
         """Store a new object from a byte stream of exactly `length` bytes."""
         # the coffer's key is checked (and a data key wrapped) before the key is taken
-        sealer = await anyio.to_thread.run_sync(self.keyring.sealer, coffer)
+        sealer = (None if coffer.encrypt_type == 0
+                  else await anyio.to_thread.run_sync(self.keyring.sealer, coffer))
         res = await anyio.to_thread.run_sync(self.reserve, coffer, key, writer)
         return await write_leased(
             self.stores[coffer.primary], res.blob_id, body, length, content_md5,

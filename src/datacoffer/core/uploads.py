@@ -272,7 +272,8 @@ class Uploads:
 
     async def upload_part(self, upload: Upload, number: int, body: AsyncIterator[bytes],
                           length: int, content_md5: bytes | None) -> Part:
-        sealer = await anyio.to_thread.run_sync(self.objects.keyring.sealer, upload.coffer)
+        sealer = (None if upload.coffer.encrypt_type == 0
+                  else await anyio.to_thread.run_sync(self.objects.keyring.sealer, upload.coffer))
         blob_id = await anyio.to_thread.run_sync(self._reserve_part, upload, number)
         return await write_leased(
             self.stores[upload.coffer.primary], blob_id, body, length, content_md5,
