@@ -60,8 +60,9 @@ def _write_pem(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certifica
     path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_certs(directory: Path) -> Certs:
-    """A CA and the server's and client's certificates (ECDSA P-256, valid for a day)."""
+def make_certs(directory: Path, server_names: list[x509.GeneralName] | None = None) -> Certs:
+    """A CA and the server's and client's certificates (ECDSA P-256, valid for a day); the
+    server's is for 127.0.0.1 and localhost unless `server_names` says otherwise."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -96,8 +97,8 @@ def make_certs(directory: Path) -> Certs:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         _write_pem(directory / name, key, b.sign(ca_key, hashes.SHA256()))
 
-    leaf("server", HOST, ExtendedKeyUsageOID.SERVER_AUTH,
-         [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")])
+    leaf("server", HOST, ExtendedKeyUsageOID.SERVER_AUTH, server_names or [
+        x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")])
     leaf("client", CLIENT_CN, ExtendedKeyUsageOID.CLIENT_AUTH, [])
     return Certs(ca=directory / "ca.crt", server_cert=directory / "server.crt",
                  server_key=directory / "server.key", client_cert=directory / "client.crt",

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 
 from datacoffer.client import errors
 from tests.kmip_server import HOST, KmipServerProcess, make_certs
@@ -455,6 +456,25 @@ def test_create_key_with_the_kmip_server_unreachable_fails_cleanly(
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: "), done.stderr
     assert dc.admin("kms", "list-keys", "--app-id", app_id) == before
+
+
+def test_a_key_manager_certificate_for_another_name_is_refused(
+        dc: ServerProcess, kmip: KmipServerProcess, tmp_path: Path) -> None:
+    """The chain is not enough: the certificate must name the host that was dialled."""
+    certs = make_certs(tmp_path / "certs", [x509.DNSName("other.example")])
+    with KmipServerProcess(tmp_path / "kmip", certs) as impostor:
+        config = kmip_config(impostor, tmp_path / "impostor.toml")
+        app_id = kms_account(dc)[0].app_id
+        done = subprocess.run(
+            [sys.executable, "-m", "datacoffer", "admin", "kms", "create-key", "--app-id",
+             app_id, "--data-dir", str(dc.data_dir), "--config", str(config)],
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.startswith("error: the KMS could not create the key: "), done.stderr
+    assert "certificate verify failed" in done.stderr
+    assert "not valid for '127.0.0.1'" in done.stderr
+    # the same kind of certificate, naming the host, works (the module's own server)
+    assert dc.admin("kms", "create-key", "--app-id", app_id)["KeyId"]
 
 
 # -- 7. concurrency ---------------------------------------------------------------------------

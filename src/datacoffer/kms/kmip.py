@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import ssl
 import threading
 import warnings
 from dataclasses import dataclass
@@ -52,6 +54,20 @@ def _pykmip() -> Any:
     return enums, attributes, payloads, client, exceptions
 
 
+def _check_host_name(proxy: Any) -> None:
+    """PyKMIP's client checks the key manager's certificate chain but not the name in it:
+    wrap its socket the standard way instead (TLS 1.2 or newer, chain and host name checked
+    against `kmip_ca`)."""
+
+    def create_socket(sock: socket.socket) -> None:
+        context = ssl.create_default_context(cafile=proxy.ca_certs)
+        context.load_cert_chain(proxy.certfile, proxy.keyfile)
+        proxy.socket = context.wrap_socket(sock, server_hostname=proxy.host)
+        proxy.socket.settimeout(proxy.timeout)
+
+    proxy._create_socket = create_socket
+
+
 class KmipKms(KeyTable):
     def __init__(self, db: Database, settings: KmipSettings, config_file: str) -> None:
         super().__init__(db)
@@ -73,6 +89,7 @@ class KmipKms(KeyTable):
                     config_file=self.config_file,
                     kmip_version=enums.KMIPVersion.KMIP_1_4)
                 client.proxy.timeout = s.timeout
+                _check_host_name(client.proxy)
                 client.open()
             self._local.client = client
         return client
