@@ -699,7 +699,10 @@ def test_serve_first_and_second_start(tmp_path):
     assert FIRST_START_MARK in err
     # the program as this shell can run it: "datacoffer" with its venv active, else its path
     assert re.search(r"\n  \S*datacoffer admin account create --app-id 1250000000 "
-                     rf"--uin 100000000001 --data-dir {re.escape(str(data))}\n", err)
+                     r"--uin 100000000001 \\\n"
+                     rf"      --data-dir {re.escape(str(data))} > account.json\n", err)
+    assert re.search(r"\n  \S*datacoffer configure --endpoint "
+                     rf"http://127.0.0.1:{first.port} --credentials-json account.json\n", err)
     assert f"Data Coffer listening on http://127.0.0.1:{first.port} " in err
     assert "regions: ap-tianjin, ap-shanghai, ap-guangzhou" in err
 
@@ -743,7 +746,7 @@ def test_serve_default_data_dir_is_in_the_working_directory(tmp_path):
     finally:
         s.terminate()
         _, err = s.communicate(timeout=15)
-    assert b"--data-dir datacoffer-data\n" in err
+    assert b"--data-dir datacoffer-data > account.json\n" in err
     assert (tmp_path / "datacoffer-data" / "keys" / "root.key").is_file()
 
 
@@ -766,31 +769,31 @@ def _block(text: str, first: str, last: str) -> str:
 
 def test_first_start_example_works_as_printed(tmp_path):
     data = tmp_path / "data"
-    server = Serve(data)
+    server = Serve(data, cwd=tmp_path)
     try:
         err = server.stderr()
-        account_line = next(line for line in err.splitlines()
-                            if "datacoffer admin account create" in line)
-        example = _block(err, "<<'PY'", "PY")
-        assert "python" in example
-        # run both exactly as printed, by a shell that finds this installation's programs
-        env = clean_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        # from the directory the server was started in: printed paths are relative to it
-        done = subprocess.run(["bash", "-c", account_line], capture_output=True, text=True,
-                              env=env, timeout=60)
-        doc = ok_json(done)
-        assert (doc["AppId"], doc["Uin"]) == ("1250000000", "100000000001")
-        env.update(SECRET_ID=doc["SecretId"], SECRET_KEY=doc["SecretKey"])
-        done = subprocess.run(["bash", "-c", example], capture_output=True, text=True, env=env,
-                              timeout=60)
+        lines = err.splitlines()
+        first = next(i for i, line in enumerate(lines) if "admin account create" in line)
+        last = next(i for i, line in enumerate(lines) if " cat dc://" in line)
+        # the commands, exactly as printed (indented lines; the prose between is left out)
+        script = "\n".join(line for line in lines[first:last + 1] if line.startswith("  "))
+        assert "configure --endpoint" in script and "cp hello.txt" in script
+        # run by a shell that finds this installation's programs, from the directory the
+        # server was started in (printed paths are relative to it), with its own profile
+        env = clean_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        DATACOFFER_PROFILE_FILE=str(tmp_path / "profiles.toml"))
+        done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True,
+                              env=env, timeout=120, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stderr == ""
-        assert done.stdout == "b'hello, coffer'\n"
+        assert done.stdout.endswith("hello, coffer\n"), done.stdout
+        doc = json.loads((tmp_path / "account.json").read_text())
+        assert (doc["AppId"], doc["Uin"]) == ("1250000000", "100000000001")
         # and what it stored is there for the account's own client too
         c = SignedClient(server.base_url, doc["SecretId"], doc["SecretKey"])
         try:
             r = c.get("/mycoffer-1250000000/hello.txt")
-            assert (r.status_code, r.content) == (200, b"hello, coffer")
+            assert (r.status_code, r.content) == (200, b"hello, coffer\n")
         finally:
             c.close()
     finally:

@@ -18,43 +18,31 @@ Data Coffer: a new installation was created in {data_dir}
 (its keys are in {data_dir}/keys/: root.key and master.key; back them up, apart from
 the data).
 
-Create the first account (prints its SecretId and SecretKey as JSON):
+Create the first account (its SecretId and SecretKey go to account.json; keep it secret):
 
-  {prog} admin account create --app-id 1250000000 --uin 100000000001 --data-dir {data_dir}
+  {prog} admin account create --app-id 1250000000 --uin 100000000001 \\
+      --data-dir {data_dir} > account.json
 
-Then, with SECRET_ID and SECRET_KEY set from that output, create a coffer and store a file:
+Then, from this directory, give the client the endpoint and that key, make a coffer and store
+a file:
 
-{python} - <<'PY'
-import os, urllib.request
-from datacoffer.signing import authorization_header, sign
-def call(method, path, body=b""):
-    auth = sign(os.environ["SECRET_ID"], os.environ["SECRET_KEY"], method, path,
-                headers={{"host": "{host}:{port}"}})
-    req = urllib.request.Request(
-        "{scheme}://{host}:{port}" + path, data=body or None, method=method,
-        headers={{"Authorization": authorization_header(auth)}})
-    return urllib.request.urlopen(req).read()
-call("PUT", "/mycoffer-1250000000", b'{{"Locations": {{"Location": ["ap-tianjin"]}}}}')
-call("PUT", "/mycoffer-1250000000/hello.txt", b"hello, coffer")
-print(call("GET", "/mycoffer-1250000000/hello.txt"))
-PY
+  {prog} configure --endpoint {scheme}://{host}:{port} --credentials-json account.json
+  {prog} mb dc://mycoffer-1250000000 --location {region}
+  echo "hello, coffer" > hello.txt
+  {prog} cp hello.txt dc://mycoffer-1250000000/
+  {prog} cat dc://mycoffer-1250000000/hello.txt
 """
 
 
-def _invocation() -> tuple[str, str]:
-    """How the operator's shell can run this program and its Python: the bare names when
-    they resolve to this installation (its virtual environment is active), else paths."""
+def _invocation() -> str:
+    """How the operator's shell can run this program: the bare name when it resolves to this
+    installation (its virtual environment is active), else a path."""
     here = Path(sys.executable).parent
-
-    def command(name: str) -> str:
-        found = shutil.which(name)
-        if found and Path(found).parent == here:
-            return name
-        path = here / name
-        relative = os.path.relpath(path)
-        return relative if not relative.startswith("..") else str(path)
-
-    return command("datacoffer"), command("python")
+    found = shutil.which("datacoffer")
+    if found and Path(found).parent == here:
+        return "datacoffer"
+    relative = os.path.relpath(here / "datacoffer")
+    return relative if not relative.startswith("..") else str(here / "datacoffer")
 
 
 def _configure_logging(level: str) -> None:
@@ -94,11 +82,11 @@ def serve(data_dir: str | None, config_file: str | None, host: str | None, port:
     inst = open_installation(conf, create=True)
     scheme = "https" if conf.tls_cert else "http"
     if inst.is_new:
-        prog, python = _invocation()
+        prog = _invocation()
         example_host = "127.0.0.1" if conf.host in ("0.0.0.0", "::", "") else conf.host
         click.echo(FIRST_START.format(data_dir=conf.data_dir, host=example_host,
-                                      port=conf.port, scheme=scheme, prog=prog, python=python),
-                   err=True)
+                                      port=conf.port, scheme=scheme, prog=prog,
+                                      region=next(iter(conf.regions))), err=True)
     click.echo(f"Data Coffer listening on {scheme}://{conf.host}:{conf.port} "
                f"(data in {conf.data_dir}, regions: {', '.join(conf.regions)})", err=True)
     # Imported here: the admin commands share this program and need none of the server.
