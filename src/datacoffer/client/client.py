@@ -23,8 +23,8 @@ from datacoffer.client.retry import RetryPolicy
 #: A request body that can be sent again: bytes, or a function that makes the body's chunks
 #: afresh for each attempt.
 Body = bytes | Callable[[], Iterable[bytes]]
-#: Reads of a file-like body, and the granularity of progress reports.
-CHUNK = 1024 * 1024
+#: Reads of a file-like body (the transfers' chunk size).
+CHUNK = transfer.CHUNK
 #: operations whose repetition does no harm (retried even when their first effect is unknown)
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 

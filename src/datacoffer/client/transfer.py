@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datacoffer.client import errors, models
+from datacoffer.core.checksums import multipart_etag, multipart_sha256
 
 if TYPE_CHECKING:
     from datacoffer.client.client import Client
@@ -84,14 +85,6 @@ def _spans(size: int, part_size: int) -> list[tuple[int, int, int]]:
     """(number, offset, length) of each part, numbered from 1."""
     return [(i + 1, off, min(part_size, size - off))
             for i, off in enumerate(range(0, size, part_size))]
-
-
-def _composite(digests: list[bytes]) -> str:
-    return f"{hashlib.sha256(b''.join(digests)).hexdigest()}-{len(digests)}"
-
-
-def _multipart_etag(md5s: list[bytes]) -> str:
-    return f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
 
 
 class _Hashed:
@@ -245,7 +238,7 @@ def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
     _run_all([lambda s=s: send(*s) for s in spans], config.concurrency, progress)
     order = [n for n, _, _ in spans]
     parts = [models.Part(n, md5s[n].hex(), length) for n, _, length in spans]
-    etag = _multipart_etag([md5s[n] for n in order])
+    etag = multipart_etag([md5s[n] for n in order])
     try:
         client.complete_multipart_upload(coffer, key, upload.upload_id, parts)
     except errors.BY_CODE["MultipartAlreadyCompleted"]:
@@ -259,7 +252,7 @@ def _multipart(client: Client, coffer: str, key: str, path: Path, size: int,
     else:
         info = client.head_object(coffer, key)
     _check(f"ETag of {key}", info.etag, etag)
-    _check(f"SHA-256 of {key}", info.sha256, _composite([sha256s[n] for n in order]))
+    _check(f"SHA-256 of {key}", info.sha256, multipart_sha256([sha256s[n] for n in order]))
     return models.TransferResult(coffer, key, size, etag, info.sha256, parts=len(spans),
                                  resumed_parts=resumed)
 
@@ -346,7 +339,7 @@ def _download_parts(client: Client, coffer: str, key: str, fd: int, info: models
         digests[number] = digest
 
     _run_all([lambda n=n: one(n) for n in range(1, count + 1)], config.concurrency, progress)
-    actual = _composite([digests[n] for n in range(1, count + 1)])
+    actual = multipart_sha256([digests[n] for n in range(1, count + 1)])
     _check(f"SHA-256 of {key}", info.sha256, actual)
 
 
@@ -401,4 +394,4 @@ def same_content(client: Client, coffer: str, key: str, path: Path) -> bool:
         md5s.append(local.md5.digest())
     # a multipart object may end with an empty part, which no span of the file stands for
     md5s += [hashlib.md5(b"").digest()] * max(0, (info.parts_count or 0) - len(md5s))
-    return _multipart_etag(md5s) == info.etag
+    return multipart_etag(md5s) == info.etag

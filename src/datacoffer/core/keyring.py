@@ -92,8 +92,16 @@ class Keyring:
         if coffer.encrypt_type == 0:
             return None
         self.check(coffer)
+        # one answer's blobs are opened once each: the first by `Objects.preflight` before a
+        # streamed answer starts, again by the read itself (a KMIP round trip each, else)
+        opened: dict[Header, bytes] = {}
 
         def open_key(header: Header) -> bytes:
+            if header not in opened:
+                opened[header] = unwrap(header)
+            return opened[header]
+
+        def unwrap(header: Header) -> bytes:
             if header.wrap_kind == WRAP_MASTER:
                 assert self.master is not None
                 return self.master.open(header.wrapped_key, _MASTER_CONTEXT)

@@ -41,14 +41,16 @@ class Call:
         self.region = addressed if addressed in coffer.locations else coffer.primary
         return coffer
 
-    def int_param(self, names: tuple[str, ...], default: int, low: int, high: int) -> int:
-        """An integer query parameter (first of its aliases given), checked to lie in range."""
+    def int_param(self, names: tuple[str, ...], default: int, low: int, high: int, *,
+                  message: str | None = None) -> int:
+        """An integer query parameter (first of its aliases given), checked to lie in range
+        (`message` says so when it does not)."""
         raw = next((self.endpoint.params[n] for n in names if n in self.endpoint.params), None)
         if raw is None:
             return default
         # (at most 9 digits before int(): Python refuses over 4,300, and none is in range)
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
-            raise self.fail("InvalidArgument",
+            raise self.fail("InvalidArgument", message or
                             f"{names[0]} must be a whole number from {low} to {high}.")
         return int(raw)
 

@@ -100,16 +100,13 @@ def _full_headers(obj: StoredObject) -> dict[str, str]:
 def _part_number(call: Call) -> int | None:
     """The part named by `?partNumber=N`, or None; checked before the object is looked up
     (errors.md: request syntax comes before existence)."""
-    value = call.endpoint.params.get("partnumber")
-    if value is None:
+    if "partnumber" not in call.endpoint.params:
         return None
-    # ASCII digits only ("²".isdigit() is true, int("²") fails), and few enough for int()
-    if not (value.isascii() and value.isdigit() and len(value) <= 9) \
-            or not 1 <= int(value) <= MAX_PART_NUMBER:
-        raise call.fail("InvalidArgument", f"partNumber must be 1 to {MAX_PART_NUMBER}.")
+    number = call.int_param(("partnumber",), 0, 1, MAX_PART_NUMBER,
+                            message=f"partNumber must be 1 to {MAX_PART_NUMBER}.")
     if "range" in call.request.headers:
         raise call.fail("InvalidArgument", "partNumber and Range cannot be used together.")
-    return int(value)
+    return number
 
 
 def _part_span(call: Call, obj: StoredObject, number: int) -> tuple[int, int, dict[str, str]]:
