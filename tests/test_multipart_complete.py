@@ -132,6 +132,11 @@ class Staged:
     def data(self, *numbers: int) -> list[bytes]:
         return [self.bodies[n] for n in (numbers or sorted(self.bodies))]
 
+    def replace(self, sdk: Client, coffer: str, key: str, number: int, body: bytes) -> None:
+        """Upload part `number` again with `body`, and remember both."""
+        self.bodies[number] = body
+        self.etags[number] = upload_part(sdk, coffer, key, self.upload_id, number, body)
+
 
 def initiate(sdk: Client, coffer: str, key: str, content_type: str | None = None) -> str:
     return sdk.initiate_multipart_upload(coffer, key, content_type=content_type).upload_id
@@ -368,8 +373,7 @@ def test_entity_too_small_at_the_default_limit(client, sdk, coffer):
     r = complete(client, coffer, key, staged.upload_id, staged.listing())
     assert_error(r, 400, "EntityTooSmall", f"{coffer}/{key}")
     check_unchanged(sdk, coffer, key, staged)
-    staged.bodies[1] = os.urandom(MiB)
-    staged.etags[1] = upload_part(sdk, coffer, key, staged.upload_id, 1, staged.bodies[1])
+    staged.replace(sdk, coffer, key, 1, os.urandom(MiB))
     r = complete(client, coffer, key, staged.upload_id, staged.listing())
     check_object(sdk, coffer, key, staged.data(), result_etag(r, coffer, key))
 
@@ -388,14 +392,12 @@ def test_object_empty(client, sdk, coffer):
     assert_error(r, 400, "ObjectEmpty", f"{coffer}/{key}")
     check_unchanged(sdk, coffer, key, staged)
     # two empty parts: the first is too small, and that check comes before ObjectEmpty
-    staged.bodies[2] = b""
-    staged.etags[2] = upload_part(sdk, coffer, key, staged.upload_id, 2, b"")
+    staged.replace(sdk, coffer, key, 2, b"")
     r = complete(client, coffer, key, staged.upload_id, staged.listing())
     assert_error(r, 400, "EntityTooSmall", f"{coffer}/{key}")
     check_unchanged(sdk, coffer, key, staged)
     # an empty part as the last one is fine when the object is not empty
-    staged.bodies[1] = os.urandom(MiB)
-    staged.etags[1] = upload_part(sdk, coffer, key, staged.upload_id, 1, staged.bodies[1])
+    staged.replace(sdk, coffer, key, 1, os.urandom(MiB))
     r = complete(client, coffer, key, staged.upload_id, staged.listing())
     check_object(sdk, coffer, key, staged.data(), result_etag(r, coffer, key))
 
@@ -407,8 +409,7 @@ def test_min_part_size_is_configurable(small):
     message = assert_error(r, 400, "EntityTooSmall", f"{coffer}/conf")
     # the sentence for a person names the limit in force, not the default
     assert str(SMALL_MIN) in message.replace(",", ""), message
-    staged.bodies[1] = os.urandom(SMALL_MIN)
-    staged.etags[1] = upload_part(s, coffer, "conf", staged.upload_id, 1, staged.bodies[1])
+    staged.replace(s, coffer, "conf", 1, os.urandom(SMALL_MIN))
     r = complete(c, coffer, "conf", staged.upload_id, staged.listing())
     check_object(s, coffer, "conf", staged.data(), result_etag(r, coffer, "conf"))
 
@@ -650,8 +651,8 @@ def test_unlisted_parts_and_their_files_are_discarded(small):
     before = blob_bytes(data_dir)
     bodies = {n: os.urandom(SMALL_MIN + n) for n in (5, 1, 4, 2, 3)}
     staged = stage(s, coffer, key, bodies)
-    staged.bodies[2] = os.urandom(SMALL_MIN + 50)  # the old part 2's file goes at once
-    staged.etags[2] = upload_part(s, coffer, key, staged.upload_id, 2, staged.bodies[2])
+    # the old part 2's file goes at once
+    staged.replace(s, coffer, key, 2, os.urandom(SMALL_MIN + 50))
     added = set(blob_bytes(data_dir)) - set(before)
     assert sorted(blob_bytes(data_dir)[p] for p in added) == sorted(staged.bodies.values())
 
@@ -989,12 +990,10 @@ def test_completed_object_survives_sigkill(tmp_path):
         s.create_coffer(coffer, ["ap-tianjin"])
         staged = stage(s, coffer, key, {2: os.urandom(SMALL_MIN * 3), 1: os.urandom(SMALL_MIN),
                                         4: b"unlisted", 3: b"end"})
-        staged.bodies[1] = os.urandom(SMALL_MIN - 1)
-        staged.etags[1] = upload_part(s, coffer, key, staged.upload_id, 1, staged.bodies[1])
+        staged.replace(s, coffer, key, 1, os.urandom(SMALL_MIN - 1))
         r = complete(c, coffer, key, staged.upload_id, staged.listing(1, 2, 3))
         assert_error(r, 400, "EntityTooSmall", f"{coffer}/{key}")
-        staged.bodies[1] = os.urandom(SMALL_MIN)
-        staged.etags[1] = upload_part(s, coffer, key, staged.upload_id, 1, staged.bodies[1])
+        staged.replace(s, coffer, key, 1, os.urandom(SMALL_MIN))
 
         r = complete(c, coffer, key, staged.upload_id, staged.listing(1, 2, 3))
         etag = result_etag(r, coffer, key)
