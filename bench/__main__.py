@@ -37,7 +37,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from bench import machine, report
+from bench import machine, policy, report
 from bench.cases import (
     ENCRYPT_TYPES,
     GIB,
@@ -153,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     cases, unused = _selected(plan(quick=args.quick, encrypt_types=args.encrypt_types),
                               args.cases)
-    for pattern in unused:
+    # the policy cases (bench/policy.py): no EncryptType, after the others
+    policy_cases = policy.selected(args.cases)
+    for pattern in (p for p in unused if not policy.matches(p)):
         console.print(f"[yellow]--cases {pattern!r} matches no case of this run (--quick and "
                       f"--encrypt-types {','.join(map(str, args.encrypt_types))} considered)")
-    if not cases:
+    if not cases and not policy_cases:
         console.print("[red]no case matches --cases")
         return 2
     results: list[Result] = []
+    policy_run: policy.PolicyRun | None = None
     limits: dict[str, Any] = {}
     info: dict[str, Any] = {}
     meta: dict[str, Any] = {
@@ -211,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                     progress.console.print(report.summary(result))
                     if not server.alive():
                         raise RuntimeError(f"the server died:\n{server.log_tail()}")
+                if policy_cases:
+                    policy_run = policy.PolicyBench(server, progress, mode=args.mode,
+                                                    quick=args.quick).run(policy_cases)
+                    if not server.alive():
+                        raise RuntimeError(f"the server died:\n{server.log_tail()}")
             meta["server_peak_rss_mib"] = server.peak_rss_mib()
             if args.keep:
                 console.print(f"kept {server.root} (server log: {server.log_path})")
@@ -224,15 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     meta["interrupted"] = interrupted
     if results:
         report.console_tables(console, results, info, limits)
+    if policy_run is not None:
+        policy.console_tables(console, policy_run)
+    if results or policy_run is not None:
+        extra = {"policy": policy_run.public()} if policy_run is not None else {}
         if args.markdown:
-            args.markdown.write_text(report.markdown(results, info, limits, meta))
+            text = report.markdown(results, info, limits, meta) if results else ""
+            if policy_run is not None:
+                text += "\n" + policy.markdown(policy_run)
+            args.markdown.write_text(text)
             console.print(f"markdown written to {args.markdown}")
         if args.json:
-            report.write_json(args.json, results, info, limits, meta)
+            report.write_json(args.json, results, info, limits, meta, extra)
             console.print(f"JSON written to {args.json}")
     if interrupted:
         return 130
-    return 1 if any(r.error for r in results) else 0
+    failed = any(r.error for r in results) or (policy_run is not None and policy_run.failed)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

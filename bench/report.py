@@ -346,9 +346,11 @@ def markdown(results: list[Result], machine: dict[str, Any], limits: dict[str, A
 
 
 def write_json(path: Path, results: list[Result], machine: dict[str, Any],
-               limits: dict[str, Any], meta: dict[str, Any]) -> None:
+               limits: dict[str, Any], meta: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> None:
+    """`extra`: further top-level sections (the policy cases' `policy`)."""
     doc = {"meta": meta, "machine": machine, "limits": limits,
            "results": [r.public() for r in results],
            "encryption": {"target_pct": TARGET_PCT, "large_from_bytes": LARGE,
-                          "cases": [c.public() for c in costs(results)]}}
+                          "cases": [c.public() for c in costs(results)]}, **(extra or {})}
     path.write_text(json.dumps(doc, indent=2) + "\n")

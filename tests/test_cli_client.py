@@ -1218,4 +1218,4 @@ def test_help_lists_every_command(dc: Dc) -> None:
     section = out.split("\nCommands:\n", 1)[1]
     listed = re.findall(r"^  (\S+)", section, re.MULTILINE)
     assert listed == ["serve", "admin", "configure", "mb", "rb", "ls", "cp", "cat", "stat",
-                      "presign", "uploads"]
+                      "presign", "uploads", "policy"]

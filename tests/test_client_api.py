@@ -755,16 +755,13 @@ def test_presigned_url_of_a_client_with_a_region(server, account, sdk, coffer):
         assert r.content == b"via a region"
 
 
-# -- policy and lifecycle: not in this version of the server --------------------------------------
+# -- lifecycle: not in this version of the server ------------------------------------------------
 
 @pytest.mark.parametrize(("method", "args", "operation"), [
-    ("put_coffer_policy", ({"Statement": [], "version": "2.0"},), "PutCofferPolicy"),
-    ("get_coffer_policy", (), "GetCofferPolicy"),
-    ("delete_coffer_policy", (), "DeleteCofferPolicy"),
     ("put_coffer_lifecycle", (30,), "PutCofferLifecycle"),
     ("get_coffer_lifecycle", (), "GetCofferLifecycle"),
 ])
-def test_policy_and_lifecycle_are_method_not_allowed(rec, coffer, method, args, operation):
+def test_lifecycle_is_method_not_allowed(rec, coffer, method, args, operation):
     with pytest.raises(errors.MethodNotAllowed) as caught:
         getattr(rec.sdk, method)(coffer, *args)
     assert isinstance(caught.value, errors.InvalidRequest)

@@ -331,13 +331,13 @@ def test_client_with_a_region_reads_through_the_real_server(server, account, sdk
         assert sent[-1].headers["x-cdcs-coffer-region"] == "ap-tianjin"
 
 
-def test_a_token_is_sent_and_refused_by_this_server(server, account):
+def test_a_token_with_a_permanent_key_is_sent_and_refused(server, account):
     with Client(server.base_url, account.secret_id, account.secret_key, token="tmp-token") as c:
         sent = []
         c._http.event_hooks = {"request": [sent.append], "response": []}
         with pytest.raises(errors.AuthFailed) as caught:
             c.list_coffers()
         assert sent[0].headers["x-cdcs-security-token"] == "tmp-token"
-        assert caught.value.message == ("Temporary credentials are not accepted by this server "
-                                        "version yet.")
+        assert caught.value.message == ("The temporary credentials are unknown, expired or "
+                                        "revoked, or the token is not theirs.")
         assert "x-cdcs-security-token=tmp-token" in c.presign("GET", "c-1250000000", "k")

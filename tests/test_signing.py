@@ -397,7 +397,7 @@ def test_presigned_url_plain_get(server, account, stored):
     url = presigned_url(server, account.secret_id, account.secret_key, f"/{coffer}/a.txt")
     r = httpx.get(url.replace("/a.txt?", "/b.txt?"))
     assert_error(r, 401, "AuthFailed", f"{coffer}/b.txt")
-    # a presigned URL carrying a security token is not accepted in this version
+    # a presigned URL of a permanent key carrying a security token is refused
     r = httpx.get(url + "&x-cdcs-security-token=abc")
     assert_error(r, 401, "AuthFailed", f"{coffer}/a.txt")
 
@@ -586,7 +586,7 @@ def test_disabled_enabled_and_deleted_key(server, account, stored):
     assert extra["SecretKey"] not in server.log()
 
 
-def test_security_token_is_refused(server, account, stored):
+def test_security_token_with_a_permanent_key_is_refused(server, account, stored):
     coffer, _ = stored
     path = f"/{coffer}/a.txt"
     fields = sign_for(server, account, "GET", path)

@@ -6,6 +6,7 @@ Everything the server and the admin commands need to find their data comes from 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -54,6 +55,9 @@ class Settings:
     kmip_ca: str = ""
     #: seconds before a KMIP request that gets no answer fails (KMSFailed)
     kmip_timeout: int = 10
+    #: addresses or CIDR blocks of reverse proxies whose X-Forwarded-For is believed (the
+    #: first hop becomes the client address of policy conditions); none by default
+    trusted_proxies: tuple[str, ...] = ()
 
     def region_path(self, region: str) -> Path:
         path = Path(self.regions[region])
@@ -79,6 +83,18 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, dict) or not value:
             raise ConfigError("regions: expected a table of region name = directory")
         return {str(k): str(v) for k, v in value.items()}
+    if name == "trusted_proxies":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError("trusted_proxies: expected a list of addresses or CIDR blocks")
+        proxies = tuple(i.strip() for i in items if i.strip())
+        for item in proxies:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {item!r} is not an address or "
+                                  "CIDR block") from None
+        return proxies
     if name in _INT_FIELDS:
         if isinstance(value, bool | float):  # int(True) == 1, int(8.9) == 8: refuse both
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")

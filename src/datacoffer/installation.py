@@ -12,11 +12,15 @@ import sqlalchemy as sa
 
 from datacoffer import rootkey
 from datacoffer.config import Settings
+from datacoffer.core.access import Access
 from datacoffer.core.coffers import Coffers
 from datacoffer.core.identities import Identities
 from datacoffer.core.keyring import Keyring
+from datacoffer.core.locks import RecordLocks
 from datacoffer.core.objects import Objects
+from datacoffer.core.policies import Policies
 from datacoffer.core.roles import Roles
+from datacoffer.core.tokens import Tokens
 from datacoffer.core.uploads import Uploads
 from datacoffer.kms import Kms
 from datacoffer.kms.builtin import BuiltinKms
@@ -46,6 +50,9 @@ class Installation:
     keyring: Keyring
     kms: Kms
     roles: Roles
+    policies: Policies
+    access: Access
+    tokens: Tokens
     #: whether this open created the installation (first start)
     is_new: bool
 
@@ -99,6 +106,10 @@ class Installation:
         objects = Objects(db, stores, keyring, lease_seconds=settings.lease_seconds,
                           max_object_size=settings.max_object_size,
                           body_timeout=settings.body_timeout)
+        # a policy write holds its lock while it reads a body of at most 20 KiB
+        locks = RecordLocks(db, objects.holder, objects.lapsed,
+                            lease_seconds=settings.body_timeout + 10)
+        policies = Policies(db, locks, tuple(settings.regions))
         return cls(
             settings=settings,
             db=db,
@@ -111,6 +122,9 @@ class Installation:
             keyring=keyring,
             kms=kms,
             roles=roles,
+            policies=policies,
+            access=Access(policies),
+            tokens=Tokens(identities),
             is_new=found == 0,
         )
 

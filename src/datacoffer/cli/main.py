@@ -29,6 +29,8 @@ COMMANDS = {
     "presign": ("datacoffer.cli.objects:presign",
                 "Print a URL that works without credentials until it expires."),
     "uploads": ("datacoffer.cli.uploads:uploads", "List or abort multipart uploads in progress."),
+    "policy": ("datacoffer.cli.policy:policy_group",
+               "Show, replace or remove a coffer's policy (who else may use it)."),
 }
 
 
@@ -56,7 +58,7 @@ def cli() -> None:
 
     \b
     Operators:  datacoffer serve, then datacoffer admin account create --app-id A --uin U
-    Users:      datacoffer configure, then mb, ls, cp, cat, stat, presign, uploads
+    Users:      datacoffer configure, then mb, ls, cp, cat, stat, presign, uploads, policy
 
     Client commands exit 0 on success, 1 on a server, network or checksum failure, 2 on a
     usage error or a request the server calls malformed, 3 on an authentication or permission

@@ -96,6 +96,8 @@ def serve(data_dir: str | None, config_file: str | None, host: str | None, port:
 
     uvicorn.run(
         DataCofferApp(inst), host=conf.host, port=conf.port, loop="uvloop", http="httptools",
-        lifespan="on", server_header=False, access_log=False, log_config=None,
+        # X-Forwarded-For is believed only from trusted_proxies, by the server itself
+        proxy_headers=False, lifespan="on", server_header=False, access_log=False,
+        log_config=None,
         ssl_certfile=conf.tls_cert or None, ssl_keyfile=conf.tls_key or None,
         timeout_graceful_shutdown=10)

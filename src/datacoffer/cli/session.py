@@ -92,6 +92,17 @@ class Session:
                 click.echo(f"       ({', '.join(ids)})", err=True)
         sys.exit(exit_code(exc))
 
+    def fail_locally(self, code: str, message: str, resource: str) -> NoReturn:
+        """A request found wrong before it was sent (exit 2): the JSON error document with
+        --json, else one line."""
+        if self.json:
+            click.echo(json.dumps({"Error": {"Code": code, "Message": message,
+                                             "Resource": resource, "RequestId": None,
+                                             "TraceId": None}}), err=True)
+        else:
+            click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_USAGE)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -233,15 +233,22 @@ class Client:
 
     # -- policy and lifecycle ----------------------------------------------------------------
 
-    def put_coffer_policy(self, coffer: str, policy: dict[str, Any] | str) -> None:
-        text = policy if isinstance(policy, str) else json.dumps(policy)
-        self.request("PUT", coffer, params={"policy": ""}, body=text.encode(),
+    def put_coffer_policy(self, coffer: str, policy: dict[str, Any] | str | bytes) -> None:
+        """PutCofferPolicy: replace the coffer's policy (a JSON value, or its text as is).
+        The owner's root only; a refused document raises PolicyFormatCheckFailed, whose
+        message names the fault."""
+        body = (policy if isinstance(policy, bytes) else
+                (policy if isinstance(policy, str) else json.dumps(policy)).encode())
+        self.request("PUT", coffer, params={"policy": ""}, body=body,
                      headers={"Content-Type": "application/json"}, idempotent=True)
 
     def get_coffer_policy(self, coffer: str) -> dict[str, Any]:
+        """GetCofferPolicy: the canonical document; `{"Statement": [], "version": "2.0"}`
+        when none is set."""
         return json.loads(self.request("GET", coffer, params={"policy": ""}).content)
 
     def delete_coffer_policy(self, coffer: str) -> None:
+        """DeleteCofferPolicy: afterwards only the owner's root has rights on the coffer."""
         self.request("DELETE", coffer, params={"policy": ""}, idempotent=True)
 
     def put_coffer_lifecycle(self, coffer: str, days: int) -> None:

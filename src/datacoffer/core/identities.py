@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from datacoffer.core.clock import now_ms
+from datacoffer.core.policy import Policy, principal_of
 from datacoffer.meta.db import Database
 from datacoffer.meta.schema import api_keys, identities
 from datacoffer.rootkey import SealingKey
@@ -31,6 +32,8 @@ class Identity:
     account_uin: str  #: the root's UIN: the identity's own for an account
     app_id: str  #: the account's AppID
     whitelisted: bool  #: the account's
+    #: a temporary credential's inline policy: it must allow every request too
+    inline_policy: Policy | None = None
 
     @property
     def is_root(self) -> bool:
@@ -38,7 +41,7 @@ class Identity:
 
     @property
     def principal(self) -> str:
-        return f"qcs::cam::uin/{self.account_uin}:uin/{self.uin}"
+        return principal_of(self.account_uin, self.uin)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,14 @@ class ApiKey:
     secret_key: str
     enabled: bool
     identity: Identity
+
+
+def new_secret_id() -> str:
+    return "AKID" + "".join(secrets.choice(_ALNUM) for _ in range(32))
+
+
+def new_secret_key() -> str:
+    return "".join(secrets.choice(_ALNUM) for _ in range(32))
 
 
 def _check_number(kind: str, value: str) -> None:
@@ -61,19 +72,27 @@ def hash_password(password: str) -> str:
     return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
-def _key_query() -> sa.Select:
+def with_identity(table: sa.Table, id_column: sa.Column) -> sa.Select:
+    """The row of `table` (keys, temporary credentials) whose `id_column` is the bound
+    `secret_id`, with its identity's columns and its account's: one query per request."""
     account = identities.alias("account")
     return (
-        sa.select(api_keys.c.sealed_key, api_keys.c.enabled, identities.c.uin,
-                  account.c.uin.label("account_uin"), account.c.app_id, account.c.whitelisted)
-        .join(identities, identities.c.uin == api_keys.c.uin)
+        sa.select(table, account.c.uin.label("account_uin"), account.c.app_id,
+                  account.c.whitelisted)
+        .join(identities, identities.c.uin == table.c.uin)
         .join(account, account.c.uin == sa.func.coalesce(identities.c.parent_uin,
                                                            identities.c.uin))
-        .where(api_keys.c.secret_id == sa.bindparam("secret_id")))
+        .where(id_column == sa.bindparam("secret_id")))
+
+
+def identity_of(row: sa.Row, inline_policy: Policy | None = None) -> Identity:
+    """The identity of a `with_identity` row."""
+    return Identity(uin=row.uin, account_uin=row.account_uin, app_id=row.app_id,
+                    whitelisted=row.whitelisted, inline_policy=inline_policy)
 
 
 #: Built once: composing a statement costs more than running it.
-_KEY_QUERY = _key_query()
+_KEY_QUERY = with_identity(api_keys, api_keys.c.secret_id)
 
 
 class Identities:
@@ -144,8 +163,7 @@ class Identities:
     # -- API keys --------------------------------------------------------------------------
 
     def _new_key(self, conn: sa.Connection, uin: str) -> ApiKey:
-        secret_id = "AKID" + "".join(secrets.choice(_ALNUM) for _ in range(32))
-        secret_key = "".join(secrets.choice(_ALNUM) for _ in range(32))
+        secret_id, secret_key = new_secret_id(), new_secret_key()
         conn.execute(api_keys.insert().values(
             secret_id=secret_id, uin=uin, enabled=True, created_ms=now_ms(),
             sealed_key=self.root_key.seal(secret_key.encode(), secret_id)))
@@ -166,10 +184,8 @@ class Identities:
             row = conn.execute(_KEY_QUERY, {"secret_id": secret_id}).first()
         if row is None:
             return None
-        identity = Identity(uin=row.uin, account_uin=row.account_uin, app_id=row.app_id,
-                            whitelisted=row.whitelisted)
         secret_key = self.root_key.open(row.sealed_key, secret_id).decode()
-        return ApiKey(secret_id, secret_key, row.enabled, identity)
+        return ApiKey(secret_id, secret_key, row.enabled, identity_of(row))
 
     def set_key_enabled(self, secret_id: str, enabled: bool) -> None:
         with self.db.write() as conn:

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from datacoffer import SERVER_NAME
 from datacoffer.errors import CdcsError
-from datacoffer.http import coffers, multipart, objects, service
+from datacoffer.http import coffers, multipart, objects, policy, service
 from datacoffer.http.auth import authenticate
 from datacoffer.http.call import Call
 from datacoffer.http.errors import error_response, printable
@@ -35,6 +35,9 @@ HANDLERS: dict[str, Handler] = {
     "PutCoffer": coffers.put_coffer,
     "GetCoffer": coffers.get_coffer,
     "DeleteCoffer": coffers.delete_coffer,
+    "PutCofferPolicy": policy.put_policy,
+    "GetCofferPolicy": policy.get_policy,
+    "DeleteCofferPolicy": policy.delete_policy,
     "PutObject": objects.put_object,
     "GetObject": objects.get_object,
     "HeadObject": objects.head_object,
@@ -90,8 +93,8 @@ class DataCofferApp:
                 raise CdcsError("MethodNotAllowed",
                                 f"{endpoint.operation} is not available in this version of "
                                 "the server.", resource=endpoint.resource)
-            identity = await authenticate(self.inst.identities, request, endpoint, path, query,
-                                          self.inst.settings.sign_skew)
+            identity = await authenticate(self.inst.identities, self.inst.tokens, request,
+                                          endpoint, path, query, self.inst.settings.sign_skew)
             call = Call(request, endpoint, identity, self.inst)
             response = await handler(call)
         except CdcsError as err:

@@ -1,4 +1,5 @@
-"""Who sent a request: verify its q-sign signature and the whitelist."""
+"""Who sent a request: verify its q-sign signature (by a key or temporary credentials) and
+the whitelist."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from starlette.requests import Request
 
 from datacoffer import signing
 from datacoffer.core.identities import Identities, Identity
+from datacoffer.core.tokens import TokenRefused, Tokens
 from datacoffer.errors import CdcsError
 from datacoffer.http.router import Endpoint
 
 TOKEN_HEADER = "x-cdcs-security-token"
 
 
-async def authenticate(identities: Identities, request: Request, endpoint: Endpoint,
-                       path: str, query: list[tuple[str, str]], skew: int) -> Identity:
-    """The verified identity of the request, or AuthFailed / ServiceNotOpen."""
+async def authenticate(identities: Identities, tokens: Tokens, request: Request,
+                       endpoint: Endpoint, path: str, query: list[tuple[str, str]],
+                       skew: int) -> Identity:
+    """The verified identity of the request (a key's, or temporary credentials' with their
+    inline policy), or AuthFailed / ServiceNotOpen."""
     resource = endpoint.resource
 
     def fail(message: str, detail: str) -> CdcsError:
@@ -31,13 +35,20 @@ async def authenticate(identities: Identities, request: Request, endpoint: Endpo
         raise fail(f"The signature is malformed: {exc}.", str(exc)) from None
     if sig is None:
         raise fail("The request is not signed: there is no anonymous access.", "unsigned")
-    if request.headers.get(TOKEN_HEADER) or any(n.lower() == TOKEN_HEADER for n, _ in query):
-        raise fail("Temporary credentials are not accepted by this server version yet.",
-                   "security token given")
-    key = await anyio.to_thread.run_sync(identities.lookup_key, sig.secret_id)
-    if key is None or not key.enabled:
-        raise fail("The SecretId is unknown or its key is disabled.",
-                   f"key {sig.secret_id}: {'unknown' if key is None else 'disabled'}")
+    token = request.headers.get(TOKEN_HEADER) or next(
+        (v for n, v in query if n.lower() == TOKEN_HEADER), None)
+    if token is not None:
+        try:
+            key = await anyio.to_thread.run_sync(tokens.lookup, sig.secret_id, token)
+        except TokenRefused as exc:
+            raise fail("The temporary credentials are unknown, expired or revoked, or the "
+                       "token is not theirs.", str(exc)) from None
+    else:
+        found = await anyio.to_thread.run_sync(identities.lookup_key, sig.secret_id)
+        if found is None or not found.enabled:
+            raise fail("The SecretId is unknown or its key is disabled.",
+                       f"key {sig.secret_id}: {'unknown' if found is None else 'disabled'}")
+        key = found
     headers = {name.decode("latin-1").lower(): value.decode("utf-8", "surrogateescape")
                for name, value in request.scope["headers"]}
     try:

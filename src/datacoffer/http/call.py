@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import anyio
 from starlette.requests import Request
 
-from datacoffer.core import access
 from datacoffer.core.coffers import Coffer
+from datacoffer.core.conditions import Context
 from datacoffer.core.identities import Identity
 from datacoffer.errors import CdcsError
+from datacoffer.http import peer
 from datacoffer.http.router import Endpoint
 from datacoffer.installation import Installation
 
@@ -30,15 +32,26 @@ class Call:
     def fail(self, code: str, message: str | None = None) -> CdcsError:
         return CdcsError(code, message, resource=self.endpoint.resource)
 
+    def context(self) -> Context:
+        """What policy conditions look at: the client's address and the server's clock."""
+        return Context(ip=peer.address(self.request, self.inst.settings.trusted_proxies,
+                                       self.endpoint.resource), now=int(time.time()))
+
     async def coffer(self) -> Coffer:
         """The addressed coffer, checked to exist and to allow the caller this action."""
-        coffer = await anyio.to_thread.run_sync(self.inst.coffers.get, self.endpoint.coffer)
+        context = self.context()
+        return await anyio.to_thread.run_sync(self._allowed_coffer, context)
+
+    def _allowed_coffer(self, context: Context) -> Coffer:
+        coffer = self.inst.coffers.get(self.endpoint.coffer)
         if coffer is None:
             raise self.fail("CofferNotFound" if self.endpoint.object_level else "NoSuchCoffer")
-        access.require(self.identity, self.endpoint.action, coffer, self.endpoint.resource)
         # Reads are served by the addressed region's copy; writes always land in the primary.
         addressed = self.endpoint.region if self.request.method in ("GET", "HEAD") else None
-        self.region = addressed if addressed in coffer.locations else coffer.primary
+        region = addressed if addressed in coffer.locations else coffer.primary
+        self.inst.access.require(self.identity, self.endpoint.action, coffer,
+                                 self.endpoint.key, region, context)
+        self.region = region  # (a refused caller is not told where the coffer lives)
         return coffer
 
     def int_param(self, names: tuple[str, ...], default: int, low: int, high: int, *,

@@ -10,7 +10,6 @@ from urllib.parse import quote
 import anyio
 from starlette.responses import Response
 
-from datacoffer.core import access
 from datacoffer.core.clock import iso8601
 from datacoffer.core.coffers import CofferSpec
 from datacoffer.http import xml
@@ -52,9 +51,9 @@ def _parse_spec(call: Call, body: bytes) -> CofferSpec:
 async def put_coffer(call: Call) -> Response:
     name = call.endpoint.coffer
     split_coffer_name(name)
-    spec = _parse_spec(call, await read_limited(call.request, MAX_COFFER_BODY, name))
+    spec = _parse_spec(call, await read_limited(call, MAX_COFFER_BODY))
     call.inst.coffers.check_spec(name, spec)
-    access.require_root(call.identity, "PutCoffer", name)
+    call.inst.access.require_create(call.identity, name, spec.locations[0], call.context())
     check_key = None if spec.encrypt_type != 2 else functools.partial(
         call.inst.keyring.check_customer_key, call.identity.app_id, spec.key_id,
         spec.key_region, name)

@@ -101,7 +101,7 @@ def _part_list(call: Call, body: bytes) -> list[tuple[int, str]]:
 async def complete(call: Call) -> Response:
     check_key(call.endpoint.coffer, call.endpoint.key)
     _upload_id(call)
-    body = await read_limited(call.request, MAX_COMPLETE_BODY, call.endpoint.resource)
+    body = await read_limited(call, MAX_COMPLETE_BODY)
     listed = _part_list(call, body)
     check_part_list(listed, call.endpoint.resource)
     upload = await _upload(call)

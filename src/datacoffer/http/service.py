@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 from starlette.responses import Response
 
-from datacoffer.core import access
 from datacoffer.core.clock import iso8601
+from datacoffer.core.coffers import Coffer
 from datacoffer.http import xml
 from datacoffer.http.call import Call
 
@@ -24,13 +24,16 @@ def locations_element(parent: xml.Element, locations: tuple[str, ...]) -> None:
 
 
 async def get_service(call: Call) -> Response:
-    ident = call.identity
-    owned = await anyio.to_thread.run_sync(call.inst.coffers.owned_by, ident.account_uin)
-    visible = [c for c in owned if access.allowed(ident, "GetService", c)]
+    ident, context = call.identity, call.context()
+
+    def visible() -> list[Coffer]:
+        owned = call.inst.coffers.owned_by(ident.account_uin)
+        return call.inst.access.visible(ident, owned, context)
+
     root = xml.new("ListAllMyCoffersResult")
     owner_element(root, "Owner", ident.principal, ident.uin)
     coffers = xml.sub(root, "Coffers")
-    for coffer in visible:
+    for coffer in await anyio.to_thread.run_sync(visible):
         node = xml.sub(coffers, "Coffer")
         xml.sub(node, "Name", coffer.name)
         locations_element(node, coffer.locations)

@@ -39,11 +39,17 @@ def _add_keys(conn: Connection) -> None:
                                              schema.key_checks])
 
 
+def _add_access(conn: Connection) -> None:
+    """Version 5: coffer policies, their write locks, temporary credentials."""
+    schema.metadata.create_all(conn, tables=[schema.coffer_policies, schema.coffer_locks,
+                                             schema.temp_credentials])
+
+
 #: Migration N turns schema version N-1 into version N. A new database is created at the
 #: latest version directly from `schema`, so an entry is only needed for a change.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    2: _add_multipart, 3: _widen_checksums, 4: _add_keys}
-LATEST = 4
+    2: _add_multipart, 3: _widen_checksums, 4: _add_keys, 5: _add_access}
+LATEST = 5
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -149,3 +149,39 @@ key_checks = sa.Table(
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
 )
+
+
+#: A coffer's policy, as its canonical JSON document.
+coffer_policies = sa.Table(
+    "coffer_policies", metadata,
+    sa.Column("coffer_id", sa.Integer, sa.ForeignKey("coffers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+#: A write in progress on one of a coffer's records ("policy", later "lifecycle"): a second
+#: writer meets the row and answers AlreadyLock. The lease frees it if its holder dies.
+coffer_locks = sa.Table(
+    "coffer_locks", metadata,
+    sa.Column("coffer_id", sa.Integer, sa.ForeignKey("coffers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("record", sa.String(16), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("lease_until_ms", sa.BigInteger, nullable=False),
+)
+
+#: Temporary credentials: the TmpSecretKey is sealed under the root key, the Token kept only
+#: as its SHA-256; `policy` is the inline policy's canonical document, if any.
+temp_credentials = sa.Table(
+    "temp_credentials", metadata,
+    sa.Column("tmp_secret_id", sa.String(64), primary_key=True),
+    sa.Column("uin", sa.String(32), sa.ForeignKey("identities.uin"), nullable=False,
+              index=True),
+    sa.Column("sealed_key", sa.LargeBinary, nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False),
+    sa.Column("policy", sa.Text, nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
