@@ -12,15 +12,15 @@ garbage collector off during the timed loop (as `timeit` does); every answer is 
 
 - `policy-parse`: `policy.parse` of the document with the server's checks (its regions);
 - `policy-decide-last`: `Policy.decide` for a request that the last statement allows;
-- `policy-decide-none`: a request no statement matches (all 100 scanned, as always: a deny
-  later in the list would win): the sub-account asking for a key outside its grant, and the
-  worst case by construction, a policy whose 100 statements all name the requester and its
-  action (each one then also tries its key pattern);
+- `policy-decide-none`: a request no statement matches: the sub-account asking for a key
+  outside its grant (only the statements naming it are looked at), and the worst case by
+  construction, a policy whose 100 statements all name the requester and its action (each
+  one then also tries its key pattern);
 - `policy-decide-deny`: a request denied by statement 2 (the scan stops there);
-- `policy-access`: `Access.allowed` end to end, on the bench server's own installation opened
-  in-process (as the admin commands open it): the sub-account (its coffer's policy read from
-  the metadata store, its parse cached), the same with the policy handed over (no read), and
-  the owner's root (no policy consulted).
+- `policy-access`: `access.allowed` end to end, on the bench server's own installation opened
+  in-process (as the admin commands open it): the coffer's look-up (its policy joined) plus
+  the decision for the sub-account (what a request pays), the decision alone, and the owner's
+  root (no policy consulted).
 
 Over HTTP, with the raw client and the Runner of the other cases (`policy-get-4kib-c1`,
 `policy-get-4kib-c16`): GET 4 KiB as the owner's root, then as a sub-account that the same
@@ -48,6 +48,7 @@ from bench.client import BUFFER, BenchError, Signer
 from bench.server import REGION, Account, BenchServer
 from datacoffer import config
 from datacoffer.client import Client, RetryPolicy, errors
+from datacoffer.core import access
 from datacoffer.core import policy as language
 from datacoffer.core.conditions import Context, client_address
 from datacoffer.installation import Installation
@@ -60,7 +61,7 @@ DENIES = {1: "private/*", 60: "locked/*"}
 #: One statement in CONDITION_EVERY has a condition (half of them).
 CONDITION_EVERY = 2
 #: where the in-process requests come from (inside the `ip_equal` conditions)
-CLIENT_IP = "10.20.30.40"
+CLIENT_IP = "127.0.0.1"
 OBJECTS = 64
 SIZE = 4 * KIB
 
@@ -71,7 +72,7 @@ CASES: dict[str, str] = {
     "policy-decide-last": "Policy.decide: a request the last statement allows",
     "policy-decide-none": "Policy.decide: a request no statement matches",
     "policy-decide-deny": "Policy.decide: a request statement 2 denies",
-    "policy-access": "Access.allowed end to end, in-process on the bench server's installation",
+    "policy-access": "access.allowed end to end, in-process on the bench server's installation",
     "policy-get-4kib-c1": "GET 4 KiB, 1 client: owner's root, then the granted sub-account",
     "policy-get-4kib-c16": "GET 4 KiB, 16 clients: owner's root, then the granted sub-account",
 }
@@ -128,11 +129,12 @@ def _pattern(i: int) -> str:
 
 
 def _condition(i: int) -> dict[str, dict[str, str]] | None:
-    """One statement in CONDITION_EVERY has a condition (the last one among them)."""
+    """One statement in CONDITION_EVERY has a condition (the last one among them), one that
+    holds for the in-process CLIENT_IP and for the HTTP cases' 127.0.0.1."""
     if i % CONDITION_EVERY != CONDITION_EVERY - 1:
         return None
     return ({"date_less_than": {"qcs:current_time": "2099-01-01T00:00:00Z"}},
-            {"ip_equal": {"qcs:ip": "10.0.0.0/8"}},
+            {"ip_equal": {"qcs:ip": "127.0.0.0/8"}},
             {"ip_not_equal": {"qcs:ip": "192.0.2.0/24"}})[i // CONDITION_EVERY % 3]
 
 
@@ -398,28 +400,30 @@ class PolicyBench:
 
     def _access_plan(self, inst: Installation
                      ) -> list[tuple[str, str, str, Callable[[], object], object]]:
-        """Access.allowed for GetObject of an object of the coffer, as a request from
-        127.0.0.1 now, by the sub-account and by the owner's root."""
+        """access.allowed for GetObject of an object of the coffer, as a request from
+        127.0.0.1 now, by the sub-account and by the owner's root; and what a request pays
+        in all: the coffer's look-up (its policy joined) and the decision."""
         assert self.sub is not None
         found = inst.coffers.get(self.coffer)
         sub, owner = inst.identities.get(self.sub.uin), inst.identities.get(self.owner.uin)
         if found is None or sub is None or owner is None:
             raise BenchError("the coffer or an identity is missing from the installation")
         coffer = found
-        policy = inst.policies.of(coffer)
         context = Context(ip=client_address("127.0.0.1"), now=int(time.time()))
-        key, region, access = self.key(2), coffer.primary, inst.access
+        key, region, name = self.key(2), coffer.primary, self.coffer
 
-        def allowed(who: Any, policy_of: Callable[[Any], Any] | None = None) -> bool:
-            return access.allowed(who, "GetObject", coffer, key, region, context, policy_of)
+        def looked_up() -> bool:
+            again = inst.coffers.get(name)
+            assert again is not None
+            return access.allowed(sub, "GetObject", again, key, region, context)
 
         return [
-            ("policy-access", "access", "Access.allowed: sub-account (policy read from the "
-             "metadata store, parse cached)", lambda: allowed(sub), True),
-            ("policy-access", "access", "Access.allowed: sub-account, policy handed over "
-             "(no read)", lambda: allowed(sub, lambda c: policy), True),
-            ("policy-access", "access", "Access.allowed: owner's root (no policy consulted)",
-             lambda: allowed(owner), True),
+            ("policy-access", "access", "coffer look-up (policy joined) + access.allowed: "
+             "sub-account", looked_up, True),
+            ("policy-access", "access", "access.allowed: sub-account (coffer in hand)",
+             lambda: access.allowed(sub, "GetObject", coffer, key, region, context), True),
+            ("policy-access", "access", "access.allowed: owner's root (no policy consulted)",
+             lambda: access.allowed(owner, "GetObject", coffer, key, region, context), True),
         ]
 
     def _http(self, clients: int, out: PolicyRun) -> None:

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from datacoffer import rootkey
 from datacoffer.config import Settings
-from datacoffer.core.access import Access
 from datacoffer.core.coffers import Coffers
 from datacoffer.core.identities import Identities
 from datacoffer.core.keyring import Keyring
@@ -51,7 +50,6 @@ class Installation:
     kms: Kms
     roles: Roles
     policies: Policies
-    access: Access
     tokens: Tokens
     #: whether this open created the installation (first start)
     is_new: bool
@@ -123,7 +121,6 @@ class Installation:
             kms=kms,
             roles=roles,
             policies=policies,
-            access=Access(policies),
             tokens=Tokens(identities),
             is_new=found == 0,
         )

@@ -11,7 +11,7 @@ from datacoffer.core.clock import now_ms
 from datacoffer.core.identities import Identity
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffers, objects
+from datacoffer.meta.schema import coffer_policies, coffers, objects
 from datacoffer.names import split_coffer_name
 
 STORED = "stored"
@@ -30,6 +30,8 @@ class Coffer:
     key_id: str
     key_region: str
     created_ms: int
+    #: the canonical document of the coffer's policy, read with the coffer (None: no policy)
+    policy: str | None = None
 
     @property
     def primary(self) -> str:
@@ -65,7 +67,8 @@ class Listing:
 def _row_to_coffer(row: sa.Row) -> Coffer:
     return Coffer(id=row.id, name=row.name, owner_uin=row.owner_uin, app_id=row.app_id,
                   locations=tuple(row.locations.split(",")), encrypt_type=row.encrypt_type,
-                  key_id=row.key_id, key_region=row.key_region, created_ms=row.created_ms)
+                  key_id=row.key_id, key_region=row.key_region, created_ms=row.created_ms,
+                  policy=row.policy)
 
 
 def successor(prefix: str) -> str | None:
@@ -83,8 +86,11 @@ def successor(prefix: str) -> str | None:
     return None
 
 
+#: A coffer with its policy: deciding a request by another identity needs no second read.
+_WITH_POLICY = sa.select(coffers, coffer_policies.c.document.label("policy")).select_from(
+    coffers.outerjoin(coffer_policies, coffer_policies.c.coffer_id == coffers.c.id))
 #: Built once: composing a statement costs more than running it.
-_BY_NAME = sa.select(coffers).where(coffers.c.name == sa.bindparam("name"))
+_BY_NAME = _WITH_POLICY.where(coffers.c.name == sa.bindparam("name"))
 
 
 class Coffers:
@@ -100,7 +106,7 @@ class Coffers:
 
     def owned_by(self, account_uin: str) -> list[Coffer]:
         with self.db.read() as conn:
-            rows = conn.execute(sa.select(coffers).where(coffers.c.owner_uin == account_uin)
+            rows = conn.execute(_WITH_POLICY.where(coffers.c.owner_uin == account_uin)
                                 .order_by(coffers.c.name))
             return [_row_to_coffer(r) for r in rows]
 

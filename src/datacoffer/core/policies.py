@@ -1,12 +1,13 @@
-"""Coffer policies in the metadata store: put, get, delete, and the parsed form for deciding.
+"""Coffer policies in the metadata store: check a document, put it, delete it.
 
-A stored document is its canonical form; reading it back for a decision parses it once per
-distinct text (`policy.stored`), so a request pays one small read and no parse.
+A stored document is its canonical form. It is read with its coffer (`Coffers.get` joins
+it), and parsed once per distinct text (`policy.stored`), so a decision costs no extra read
+and no parse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 import sqlalchemy as sa
 
@@ -19,11 +20,6 @@ from datacoffer.meta.db import Database
 from datacoffer.meta.schema import coffer_policies, coffers
 
 RECORD = "policy"
-#: What GetCofferPolicy answers for a coffer without a policy (api.md, byte for byte).
-EMPTY = '{"Statement": [], "version": "2.0"}'
-
-_DOCUMENT = sa.select(coffer_policies.c.document).where(
-    coffer_policies.c.coffer_id == sa.bindparam("coffer_id"))
 
 
 class Policies:
@@ -41,23 +37,6 @@ class Policies:
         except policy.PolicyError as exc:
             raise CdcsError("PolicyFormatCheckFailed", f"The policy is not valid: {exc}.",
                             resource=coffer.name) from None
-
-    def text(self, coffer: Coffer) -> str:
-        """The canonical document of the coffer's policy, or EMPTY."""
-        with self.db.engine.connect() as conn:
-            return conn.execute(_DOCUMENT, {"coffer_id": coffer.id}).scalar() or EMPTY
-
-    def of(self, coffer: Coffer) -> policy.Policy | None:
-        with self.db.engine.connect() as conn:
-            text = conn.execute(_DOCUMENT, {"coffer_id": coffer.id}).scalar()
-        return policy.stored(text) if text else None
-
-    def of_many(self, coffer_ids: Iterable[int]) -> dict[int, policy.Policy]:
-        """The policies of several coffers, in one query (GetService of a sub-account)."""
-        with self.db.read() as conn:
-            rows = conn.execute(sa.select(coffer_policies).where(
-                coffer_policies.c.coffer_id.in_(list(coffer_ids))))
-            return {r.coffer_id: policy.stored(r.document) for r in rows}
 
     def _write(self, held: Held, document: str | None) -> None:
         coffer = held.coffer

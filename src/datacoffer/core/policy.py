@@ -15,7 +15,7 @@ import functools
 import json
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from datacoffer.core import conditions
@@ -89,15 +89,30 @@ class Policy:
     statements: tuple[Statement, ...]
     #: the canonical document, as GetCofferPolicy shows it
     document: dict[str, Any]
+    #: the statements that name each principal, and those that name none (inline policies):
+    #: a decision looks only at the statements that can apply to its requester
+    by_principal: dict[str, tuple[Statement, ...]] = field(init=False, repr=False)
+    anyone: tuple[Statement, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[Statement]] = {}
+        for statement in self.statements:
+            for principal in statement.principals or ():
+                index.setdefault(principal, []).append(statement)
+        object.__setattr__(self, "by_principal", {p: tuple(s) for p, s in index.items()})
+        object.__setattr__(self, "anyone", tuple(s for s in self.statements
+                                                 if s.principals is None))
 
     def decide(self, req: Request) -> str | None:
-        """DENY if a matching statement denies, else ALLOW if one allows, else None."""
+        """DENY if a matching statement denies, else ALLOW if one allows, else None. (The
+        order of the statements does not matter: a deny anywhere wins.)"""
         allowed = False
-        for statement in self.statements:
-            if statement.matches(req):
-                if statement.effect == DENY:
-                    return DENY
-                allowed = True
+        for statements in (self.by_principal.get(req.principal, ()), self.anyone):
+            for statement in statements:
+                if statement.matches(req):
+                    if statement.effect == DENY:
+                        return DENY
+                    allowed = True
         return ALLOW if allowed else None
 
     def allows(self, req: Request) -> bool:

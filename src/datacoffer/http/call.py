@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anyio
 from starlette.requests import Request
 
+from datacoffer.core import access
 from datacoffer.core.coffers import Coffer
 from datacoffer.core.conditions import Context
 from datacoffer.core.identities import Identity
@@ -49,7 +50,7 @@ class Call:
         # Reads are served by the addressed region's copy; writes always land in the primary.
         addressed = self.endpoint.region if self.request.method in ("GET", "HEAD") else None
         region = addressed if addressed in coffer.locations else coffer.primary
-        self.inst.access.require(self.identity, self.endpoint.action, coffer,
+        access.require(self.identity, self.endpoint.action, coffer,
                                  self.endpoint.key, region, context)
         self.region = region  # (a refused caller is not told where the coffer lives)
         return coffer

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import anyio
 from starlette.responses import Response
 
+from datacoffer.core import access
 from datacoffer.core.clock import iso8601
 from datacoffer.core.coffers import CofferSpec
 from datacoffer.http import xml
@@ -53,7 +54,7 @@ async def put_coffer(call: Call) -> Response:
     split_coffer_name(name)
     spec = _parse_spec(call, await read_limited(call, MAX_COFFER_BODY))
     call.inst.coffers.check_spec(name, spec)
-    call.inst.access.require_create(call.identity, name, spec.locations[0], call.context())
+    access.require_create(call.identity, name, spec.locations[0], call.context())
     check_key = None if spec.encrypt_type != 2 else functools.partial(
         call.inst.keyring.check_customer_key, call.identity.app_id, spec.key_id,
         spec.key_region, name)

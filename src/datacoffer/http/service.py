@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 from starlette.responses import Response
 
+from datacoffer.core import access
 from datacoffer.core.clock import iso8601
 from datacoffer.core.coffers import Coffer
 from datacoffer.http import xml
@@ -28,7 +29,7 @@ async def get_service(call: Call) -> Response:
 
     def visible() -> list[Coffer]:
         owned = call.inst.coffers.owned_by(ident.account_uin)
-        return call.inst.access.visible(ident, owned, context)
+        return access.visible(ident, owned, context)
 
     root = xml.new("ListAllMyCoffersResult")
     owner_element(root, "Owner", ident.principal, ident.uin)
