@@ -866,14 +866,15 @@ def test_threaded_policy_writers(server, client, account, coffer, identities):
 
 
 def test_stalled_policy_writer_is_dropped_and_releases_the_lock(proxied):
-    """A writer whose client stops sending is answered InvalidArgument after body_timeout
-    (2 s here), changes nothing, and its lock is free at once."""
+    """A writer whose body has not all arrived within body_timeout (2 s here) is answered
+    InvalidArgument, changes nothing, and its lock is free at once."""
     site, coffer = proxied, proxied.coffer
     account = Account(site.app_id, "", site.owner.secret_id, site.owner.secret_key)
     before = get_policy(site.owner, coffer).content
     body = json.dumps(document()).encode()
     sock = open_put_policy(site.server, account, coffer, len(body), body[:5])
     started = time.monotonic()
+    time.sleep(0.5)  # (the server takes the lock when it has the request's headers)
     try:
         assert_error(delete_policy(site.owner, coffer), 409, "AlreadyLock", coffer)
         status, headers, answer = read_answer(sock)
@@ -881,7 +882,17 @@ def test_stalled_policy_writer_is_dropped_and_releases_the_lock(proxied):
         sock.close()
     assert 1.5 < time.monotonic() - started < 6
     assert (status, headers["x-cdcs-error-code"]) == (400, "InvalidArgument")
-    assert b"No body bytes arrived for 2 seconds" in answer
+    assert b"The request body did not arrive within 2 seconds." in answer
     assert get_policy(site.owner, coffer).content == before
     r = delete_policy(site.owner, coffer)
     assert (r.status_code, r.content) == (200, b""), r.text
+
+
+def test_a_policy_without_statements_is_no_policy(client, account, coffer, identities):
+    """It grants nothing, so it is kept as no policy: GET shows the one empty document."""
+    set_policy(client, coffer, statement([identities["own-sub"].principal], "allow",
+                                         [action("GetObject")], [resource(account.app_id,
+                                                                           coffer)]))
+    r = put_policy(client, coffer, {"Statement": [], "version": "2.0"})
+    assert (r.status_code, r.content) == (200, b""), r.text
+    assert get_policy(client, coffer).content == EMPTY

@@ -213,6 +213,8 @@ def test_put_coffer_stores_locations_in_order(client, coffer_name, regions):
     pytest.param(b"not json", id="not-json"),
     pytest.param(b"", id="empty"),
     pytest.param(b"\xff\xfe", id="not-utf8"),
+    pytest.param(b"[" * 30000, id="nested-too-deeply"),
+    pytest.param(b'{"EncryptType": ' + b"1" * 5000 + b"}", id="number-too-long"),
     pytest.param([], id="json-list"),
     pytest.param({}, id="no-locations"),
     pytest.param({"Locations": {}}, id="no-location"),

@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datacoffer.core.conditions import Context, client_address
-from datacoffer.core.policy import ACTIONS, PolicyError, Request, Scope, parse
+from datacoffer.core.policy import ACTIONS, PolicyError, Request, Scope, parse, stored
 
 APP = "1250000000"
 OTHER_APP = "1250000001"
@@ -717,7 +718,7 @@ IP_CASES = [
     ("2001:db8::7/64", "2001:db8::ffff", True),
     ("10.1.2.0/24", "::ffff:10.1.2.3", True),
     ("10.1.2.3", "::ffff:10.1.2.3", True),
-    ("::ffff:0:0/96", "::ffff:10.1.2.3", False),
+    ("::ffff:0:0/96", "::ffff:10.1.2.3", True),  # (the mapped block is all of IPv4)
     ("::/0", "10.1.2.3", False),
     ("0.0.0.0/0", "2001:db8::1", False),
     ("::1", "127.0.0.1", False),
@@ -948,3 +949,60 @@ def test_decide_matches_reference(model: list[RefStatement], rnd: random.Random)
         expected = ref_decide(model, req)
         assert policy.decide(req.real()) == expected, (raw, req)
         assert again.decide(req.real()) == expected
+
+
+# -- hostile documents and requests (found on review) ---------------------------------------
+
+
+def test_many_stars_in_an_action_parse_in_linear_time() -> None:
+    """A regular expression of '.*' pieces backtracked here for seconds (48 s for 12 stars)."""
+    started = time.perf_counter()
+    refused(document(statement(Action="name/cdcs:" + "*" * 40 + "X")), "names no operation")
+    grants = parse(document(statement(Action="name/cdcs:" + "*" * 40 + "t")), SCOPE)
+    assert time.perf_counter() - started < 0.5
+    assert grants.statements[0].actions == {"CheckObject", "GetObject", "PutObject",
+                                            "UploadPart"}
+
+
+def test_many_stars_in_a_resource_decide_in_linear_time() -> None:
+    """A caller-chosen 850-byte key against a pattern with many stars: no backtracking."""
+    pattern = f"{COFFER}/" + "*/" * 20 + "*.txt"
+    policy = parse(document(statement(Resource=f"qcs::cdcs::uid/{APP}:{pattern}")), SCOPE)
+    long_key = f"{COFFER}/" + "a/" * 420 + "b"
+    started = time.perf_counter()
+    for _ in range(100):
+        assert policy.decide(request(path=long_key)) is None
+    assert time.perf_counter() - started < 0.5
+    assert policy.decide(request(path=f"{COFFER}/" + "a/" * 20 + "b.txt")) == "allow"
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (b"[" * 20000, "it nests too deeply"),
+    (b'{"version": ' + b"1" * 5000 + b', "Statement": []}', "a number in it is too long"),
+], ids=["deep", "long-number"])
+def test_json_the_decoder_cannot_take(raw: bytes, fragment: str) -> None:
+    refused(raw, f"not valid JSON: {fragment}")
+
+
+@pytest.mark.parametrize(("value", "ip", "expected"), [
+    ("::ffff:10.0.0.0/104", "10.0.0.7", "deny"),
+    ("::ffff:10.0.0.0/104", "::ffff:10.0.0.7", "deny"),
+    ("::ffff:10.0.0.7", "10.0.0.7", "deny"),
+    ("::ffff:10.0.0.0/120", "10.0.1.7", "allow"),
+], ids=["block-v4-client", "block-mapped-client", "address", "outside"])
+def test_an_ipv4_mapped_value_matches_the_ipv4_client(value: str, ip: str,
+                                                       expected: str) -> None:
+    """A deny written with IPv4-mapped addresses applies to the IPv4 client it names (the
+    client's mapped address is compared as IPv4)."""
+    raw = document(statement(), statement(Effect="deny",
+                                          Condition={"ip_equal": {"qcs:ip": value}}))
+    assert parse(raw, SCOPE).decide(request(ip=ip)) == expected
+
+
+def test_a_stored_coffer_policy_keeps_principal_required() -> None:
+    """Re-read from the store, a coffer policy is parsed with the coffer rules: a statement
+    without Principal (which only an inline policy may have) is never taken to name anyone."""
+    raw = document(statement(Principal=MISSING)).decode()
+    with pytest.raises(PolicyError, match="is missing Principal"):
+        stored(raw)
+    assert stored(raw, inline=True).decide(request()) == "allow"

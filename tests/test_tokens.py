@@ -780,3 +780,15 @@ def test_cli_environment_variables(server: ServerProcess, world: World, owner: T
     assert not (tmp_path / "absent").exists()
     assert_service_error(run(env_of(revoked.tmp, revoked.tmp.token), "ls"), 3, "AuthFailed")
     assert_service_error(run(env_of(owner, None), "ls"), 3, "AuthFailed")
+
+
+def test_token_query_parameter_may_be_signed(server: ServerProcess, world: World,
+                                             owner: Tmp) -> None:
+    """The token never needs signing, but a client that lists it in q-url-param-list is
+    verified with it (a changed token then breaks the signature too)."""
+    path = f"/{world.a}/doc.txt"
+    fields = sign_for(server, owner, "GET", path, {TOKEN: owner.token})
+    r = send(server, "GET", path, fields=fields, query=[(TOKEN, owner.token)])
+    assert (r.status_code, r.content) == (200, DOC), r.text
+    r = send(server, "GET", path, fields=fields, query=[(TOKEN, forge(owner.token))])
+    assert_error(r, 401, "AuthFailed", path[1:])

@@ -121,8 +121,8 @@ def canonical_parts(
     params: dict[str, str] = {}
     for name, value in query:
         lname = name.lower()
-        if lname in UNSIGNED_PARAMS:
-            continue
+        if lname in UNSIGNED_PARAMS and lname not in sig.param_list:
+            continue  # (never needs signing, but a client may sign the token)
         if lname not in sig.param_list:
             raise SignatureError(f"query parameter {lname!r} is not signed")
         params.setdefault(lname, value)

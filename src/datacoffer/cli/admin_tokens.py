@@ -75,4 +75,4 @@ def list_tokens(uin: str, data_dir: str | None, config_file: str | None) -> None
     """List an identity's temporary credentials (never their secrets) with their state:
     valid, expired or revoked."""
     with installation(data_dir, config_file) as inst:
-        emit(inst.tokens.list(uin))
+        emit(inst.tokens.listing(uin))

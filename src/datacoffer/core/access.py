@@ -15,82 +15,76 @@ from datacoffer.core.identities import Identity
 from datacoffer.core.policy import OWNER_ONLY, Request
 from datacoffer.errors import CdcsError
 
+_INLINE = "The inline policy of these temporary credentials does not allow {action} here."
+_POLICY = "The coffer's policy does not allow {principal} to {action} here."
+
 
 def is_owner(identity: Identity, coffer: Coffer) -> bool:
     return identity.is_root and identity.account_uin == coffer.owner_uin
 
 
-def denied(identity: Identity, action: str, resource: str, message: str | None = None
-           ) -> CdcsError:
-    return CdcsError("PolicyCheckFailed", message or
-                     f"The coffer's policy does not allow {identity.principal} to {action} "
-                     "here.", resource=resource)
+def refusal(resource: str, message: str) -> CdcsError:
+    return CdcsError("PolicyCheckFailed", message, resource=resource)
 
 
 def require_root(identity: Identity, action: str, resource: str) -> None:
     """Operations only an account's root identity may call (e.g. PutCoffer)."""
     if not identity.is_root:
-        raise denied(identity, action, resource,
-                     f"Only an account's root identity may call {action}.")
+        raise refusal(resource, f"Only an account's root identity may call {action}.")
 
 
-def _request(identity: Identity, action: str, coffer: Coffer, key: str, region: str,
+def _request(identity: Identity, action: str, app_id: str, path: str, region: str,
              context: Context) -> Request:
-    return Request(principal=identity.principal, action=action, region=region,
-                   app_id=coffer.app_id, path=f"{coffer.name}/{key}", context=context)
+    return Request(principal=identity.principal, action=action, region=region, app_id=app_id,
+                   path=path, context=context)
+
+
+def _refused(identity: Identity, action: str, coffer: Coffer, key: str, region: str,
+             context: Context) -> str | None:
+    """Why `identity` may not do `action` (a policy action name) on `key` of `coffer` (`key`
+    "" for a coffer-level action), as the message of the refusal; None when it may."""
+    owner = is_owner(identity, coffer)
+    inline = identity.inline_policy
+    if action in OWNER_ONLY:
+        if owner and inline is None:
+            return None
+        return (f"Only the coffer owner's root identity may call {action}"
+                + (", and not with temporary credentials that carry an inline policy."
+                   if owner else "."))
+    if owner and inline is None:
+        return None
+    req = _request(identity, action, coffer.app_id, f"{coffer.name}/{key}", region, context)
+    if inline is not None and not inline.allows(req):
+        return _INLINE.format(action=action)
+    if owner or (coffer.policy is not None and policy.stored(coffer.policy).allows(req)):
+        return None
+    return _POLICY.format(principal=identity.principal, action=action)
 
 
 def allowed(identity: Identity, action: str, coffer: Coffer, key: str, region: str,
             context: Context) -> bool:
-    """Whether `identity` may do `action` (a policy action name) on `key` of `coffer`
-    (`key` "" for a coffer-level action)."""
-    if action in OWNER_ONLY:
-        return is_owner(identity, coffer) and identity.inline_policy is None
-    owner = is_owner(identity, coffer)
-    if owner and identity.inline_policy is None:
-        return True
-    req = _request(identity, action, coffer, key, region, context)
-    if identity.inline_policy is not None and not identity.inline_policy.allows(req):
-        return False
-    if owner:
-        return True
-    return coffer.policy is not None and policy.stored(coffer.policy).allows(req)
+    return _refused(identity, action, coffer, key, region, context) is None
 
 
 def require(identity: Identity, action: str, coffer: Coffer, key: str, region: str,
             context: Context) -> None:
-    if not allowed(identity, action, coffer, key, region, context):
-        resource = f"{coffer.name}/{key}" if key else coffer.name
-        if action in OWNER_ONLY:
-            raise denied(identity, action, resource,
-                         f"Only the coffer owner's root identity may call {action}"
-                         + (", and not with temporary credentials that carry an inline "
-                            "policy." if is_owner(identity, coffer) else "."))
-        inline = identity.inline_policy
-        if inline is not None and not inline.allows(
-                _request(identity, action, coffer, key, region, context)):
-            raise denied(identity, action, resource,
-                         "The inline policy of these temporary credentials does not "
-                         f"allow {action} here.")
-        raise denied(identity, action, resource)
+    """PolicyCheckFailed, saying which rule refused, unless the request is allowed."""
+    message = _refused(identity, action, coffer, key, region, context)
+    if message is not None:
+        raise refusal(f"{coffer.name}/{key}" if key else coffer.name, message)
 
 
-def require_create(identity: Identity, name: str, region: str, context: Context
-                   ) -> None:
+def require_create(identity: Identity, name: str, region: str, context: Context) -> None:
     """PutCoffer: an account's root, within its credential's inline policy if any."""
     require_root(identity, "PutCoffer", name)
-    if identity.inline_policy is not None and not identity.inline_policy.allows(Request(
-            principal=identity.principal, action="PutCoffer", region=region,
-            app_id=identity.app_id, path=f"{name}/", context=context)):
-        raise denied(identity, "PutCoffer", name,
-                     "The inline policy of these temporary credentials does not allow "
-                     "PutCoffer here.")
+    inline = identity.inline_policy
+    if inline is not None and not inline.allows(
+            _request(identity, "PutCoffer", identity.app_id, f"{name}/", region, context)):
+        raise refusal(name, _INLINE.format(action="PutCoffer"))
 
 
-def visible(identity: Identity, owned: list[Coffer], context: Context
-            ) -> list[Coffer]:
+def visible(identity: Identity, owned: list[Coffer], context: Context) -> list[Coffer]:
     """GetService: the account's coffers that the identity may list."""
     if identity.is_root and identity.inline_policy is None:
         return owned
-    return [c for c in owned
-            if allowed(identity, "GetService", c, "", c.primary, context)]
+    return [c for c in owned if allowed(identity, "GetService", c, "", c.primary, context)]

@@ -36,12 +36,21 @@ def client_address(text: str) -> Address:
     return addr
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_network(text: str) -> Network:
-    """An address or CIDR block; host bits of a block are ignored (`10.0.0.7/24`)."""
+    """An address or CIDR block; host bits of a block are ignored (`10.0.0.7/24`). An
+    IPv4-mapped IPv6 block is its IPv4 block, as client addresses are (`client_address`)."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        network = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise ConditionError(f"{text!r} is not an IPv4 or IPv6 address or CIDR block") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def parse_time(text: str) -> int:
@@ -50,10 +59,11 @@ def parse_time(text: str) -> int:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         moment = None
-    if moment is None or "T" not in text.upper() or moment.utcoffset() is None:
+    offset = moment.utcoffset() if moment is not None else None
+    if moment is None or "T" not in text.upper() or offset is None:
         raise ConditionError(f"{text!r} is not an ISO 8601 UTC time such as "
                              "2026-01-31T12:00:00Z")
-    if moment.utcoffset().total_seconds() != 0:  # type: ignore[union-attr]
+    if offset.total_seconds() != 0:
         raise ConditionError(f"{text!r} is not in UTC: end it with Z")
     return int(moment.timestamp())
 

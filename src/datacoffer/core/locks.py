@@ -9,8 +9,7 @@ its own transaction, that the lock is still its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -74,14 +73,6 @@ class RecordLocks:
             conn.execute(coffer_locks.delete().where(
                 _row(held) & (coffer_locks.c.holder == self.holder)
                 & (coffer_locks.c.lease_until_ms == held.lease_until_ms)))
-
-    @contextmanager
-    def hold(self, coffer: Coffer, record: str) -> Iterator[Held]:
-        held = self.acquire(coffer, record)
-        try:
-            yield held
-        finally:
-            self.release(held)
 
     def check(self, conn: sa.Connection, held: Held) -> None:
         """In the writer's final transaction: AlreadyLock if its lease lapsed and another

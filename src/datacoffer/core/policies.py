@@ -52,8 +52,10 @@ class Policies:
                     coffer_id=coffer.id, document=document, updated_ms=now_ms()))
 
     def put(self, held: Held, parsed: policy.Policy) -> None:
-        """Replace the coffer's policy (the caller holds its lock)."""
-        self._write(held, parsed.text())
+        """Replace the coffer's policy (the caller holds its lock). A policy without
+        statements grants nothing: it is stored as no policy, so that GetCofferPolicy shows
+        the one empty document."""
+        self._write(held, parsed.text() if parsed.statements else None)
 
     def delete(self, held: Held) -> None:
         self._write(held, None)

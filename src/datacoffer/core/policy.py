@@ -2,7 +2,8 @@
 
 A document is parsed once, when it is stored, into statements whose principals and actions
 are sets (wildcards expanded over the finite list of actions) and whose resources are
-compiled patterns, so that deciding a request is a loop of set look-ups.
+wildcard patterns matched in linear time, so that deciding a request is a loop of set
+look-ups.
 
 The same language serves two kinds of policy: a coffer's policy, whose resources must name
 that coffer, and a temporary credential's inline policy, which may name any coffer and needs
@@ -20,6 +21,7 @@ from typing import Any
 
 from datacoffer.core import conditions
 from datacoffer.core.conditions import ConditionError, Context, Predicate
+from datacoffer.core.wildcards import Wildcard
 
 MAX_DOCUMENT = 20 * 1024
 VERSION = "2.0"
@@ -61,11 +63,11 @@ class Request:
 class Resource:
     region: str  #: "" matches every region
     app_id: str
-    pattern: re.Pattern[str]
+    pattern: Wildcard
 
     def matches(self, req: Request) -> bool:
         return ((not self.region or self.region == req.region) and self.app_id == req.app_id
-                and self.pattern.fullmatch(req.path) is not None)
+                and self.pattern.fullmatch(req.path))
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,9 @@ def _actions(values: list[str], where: str) -> frozenset[str]:
         name = value[len(ACTION_PREFIX):] if value.lower().startswith(ACTION_PREFIX) else None
         if not name:
             raise PolicyError(f"{where}: {value!r} is not name/cdcs:<Operation>")
-        pattern = re.compile(".*".join(map(re.escape, name.split("*"))), re.IGNORECASE)
-        matched = {a for a in ACTIONS if pattern.fullmatch(a)}
-        if not matched and any(pattern.fullmatch(o) for o in OWNER_ONLY):
+        pattern = Wildcard.of(name.lower())
+        matched = {a for a in ACTIONS if pattern.fullmatch(a.lower())}
+        if not matched and any(pattern.fullmatch(o.lower()) for o in OWNER_ONLY):
             raise PolicyError(f"{where}: {value!r} cannot be granted; the policy operations "
                               "stay the owner's")
         if not matched:
@@ -220,13 +222,13 @@ def _resource(value: str, where: str, scope: Scope) -> Resource:
     if scope.app_id is not None and app_id != scope.app_id:
         raise PolicyError(f"{where}: {value!r} names AppID {app_id}, not this coffer's "
                           f"({scope.app_id})")
-    if "/" not in path and "*" not in path:  # (a path always has one: it would match nothing)
+    # a request's path always has a '/', so a pattern with neither '/' nor '*' matches nothing
+    if "/" not in path and "*" not in path:
         raise PolicyError(f"{where}: {value!r} has no <Coffer>/<Key> path")
     if scope.coffer is not None and not path.startswith(scope.coffer + "/"):
         raise PolicyError(f"{where}: {value!r} names another coffer; its path must start with "
                           f"{scope.coffer}/")
-    pattern = re.compile(".*".join(map(re.escape, path.split("*"))), re.DOTALL)
-    return Resource(region, app_id, pattern)
+    return Resource(region, app_id, Wildcard.of(path))
 
 
 def _conditions(value: Any, where: str) -> tuple[list[Predicate], dict[str, Any]]:
@@ -301,8 +303,13 @@ def _parse(raw: bytes | str, scope: Scope) -> Policy:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         doc = json.loads(text, object_pairs_hook=_unique)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "it is not UTF-8"
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, PolicyError):
+            raise
+        reason = (exc.msg if isinstance(exc, json.JSONDecodeError) else
+                  "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else
+                  "it nests too deeply" if isinstance(exc, RecursionError) else
+                  "a number in it is too long")
         raise PolicyError(f"the document is not valid JSON: {reason}") from None
     top = _elements(doc, _TOP, "the document", _TOP)
     if top["version"] != VERSION:
@@ -320,12 +327,12 @@ def _parse(raw: bytes | str, scope: Scope) -> Policy:
     return policy
 
 
-@functools.lru_cache(maxsize=4096)
-def stored(text: str) -> Policy:
-    """A document checked when it was stored (a coffer's or an inline policy), parsed once
-    per distinct text: deciding a request then costs no parse. (Its canonical text may be
-    longer than the 20 KiB that was sent.)"""
-    return _parse(text, Scope(inline=True))
+@functools.lru_cache(maxsize=256)
+def stored(text: str, *, inline: bool = False) -> Policy:
+    """A document checked when it was stored (a coffer's, or with `inline` a temporary
+    credential's), parsed once per distinct text: deciding a request then costs no parse.
+    (Its canonical text may be longer than the 20 KiB that was sent.)"""
+    return _parse(text, Scope(inline=inline))
 
 
 def principal_of(account_uin: str, uin: str) -> str:

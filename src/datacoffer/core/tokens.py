@@ -103,7 +103,7 @@ class Tokens:
             raise TokenRefused(f"{tmp_secret_id} was revoked")
         if row.expires_ms <= now_ms():
             raise TokenRefused(f"{tmp_secret_id} expired at {_when(row.expires_ms)}")
-        inline = policy.stored(row.policy) if row.policy else None
+        inline = policy.stored(row.policy, inline=True) if row.policy else None
         secret = self.root_key.open(row.sealed_key, tmp_secret_id).decode()
         return ApiKey(tmp_secret_id, secret, True, identity_of(row, inline))
 
@@ -112,9 +112,9 @@ class Tokens:
         until now. IdentityError for credentials or an identity that never existed."""
         column, value = ((temp_credentials.c.tmp_secret_id, tmp_secret_id) if tmp_secret_id
                          else (temp_credentials.c.uin, uin))
+        if uin is not None and self.identities.get(uin) is None:
+            raise IdentityError(f"no identity with UIN {uin}")
         with self.db.write() as conn:
-            if uin is not None and self.identities.get(uin) is None:
-                raise IdentityError(f"no identity with UIN {uin}")
             if tmp_secret_id is not None and conn.execute(sa.select(column).where(
                     column == value)).first() is None:
                 raise IdentityError(f"no temporary credentials {tmp_secret_id}")
@@ -122,7 +122,7 @@ class Tokens:
                 (column == value) & temp_credentials.c.revoked.is_(False)
                 & (temp_credentials.c.expires_ms > now_ms())).values(revoked=True)).rowcount
 
-    def list(self, uin: str) -> list[dict[str, object]]:
+    def listing(self, uin: str) -> list[dict[str, object]]:
         """An identity's temporary credentials, without their secrets."""
         now = now_ms()
         with self.db.read() as conn:

@@ -50,8 +50,8 @@ class Call:
         # Reads are served by the addressed region's copy; writes always land in the primary.
         addressed = self.endpoint.region if self.request.method in ("GET", "HEAD") else None
         region = addressed if addressed in coffer.locations else coffer.primary
-        access.require(self.identity, self.endpoint.action, coffer,
-                                 self.endpoint.key, region, context)
+        access.require(self.identity, self.endpoint.action, coffer, self.endpoint.key, region,
+                       context)
         self.region = region  # (a refused caller is not told where the coffer lives)
         return coffer
 

@@ -28,7 +28,7 @@ def _parse_spec(call: Call, body: bytes) -> CofferSpec:
 
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # (not UTF-8, not JSON, too deep, too long a number)
         raise bad("The PutCoffer body must be a JSON document.") from None
     if not isinstance(doc, dict):
         raise bad("The PutCoffer body must be a JSON object.")
