@@ -5,6 +5,8 @@ a trusted proxy, and over IPv6), and the AlreadyLock of concurrent policy writes
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import secrets
@@ -31,6 +33,9 @@ DATA = b"bytes the policy guards"
 PAST = "2020-01-01T00:00:00Z"
 FUTURE = "2999-12-31T23:59:59Z"
 LIMIT = 20 * 1024
+#: a lifecycle rule (api.md 8-9) and its Content-MD5
+RULE = b'{"Rule": [{"Expiration": {"Days": 30}}]}'
+RULE_MD5 = base64.b64encode(hashlib.md5(RULE).digest()).decode()
 
 
 # -- documents ---------------------------------------------------------------------------------
@@ -167,6 +172,16 @@ def _with_part(owner: SignedClient, coffer: str, key: str) -> tuple[str, str]:
     return upload_id, r.headers["ETag"]
 
 
+def _ruled(owner: SignedClient, coffer: str, key: str) -> None:
+    r = _put_rule(owner, coffer, key, None)
+    assert r.status_code == 200, r.text
+
+
+def _put_rule(c: SignedClient, coffer: str, key: str, state: Any) -> httpx.Response:
+    return c.put(f"/{coffer}", params={"lifecycle": ""}, content=RULE,
+                 headers={"Content-MD5": RULE_MD5})
+
+
 def _complete(c: SignedClient, coffer: str, key: str, state: tuple[str, str]
               ) -> httpx.Response:
     upload_id, etag = state
@@ -198,6 +213,9 @@ OPS = [
     Op("GetService", "service", _nothing, lambda c, co, k, s: c.get("/")),
     Op("GetCoffer", "coffer", _nothing, lambda c, co, k, s: c.get(f"/{co}")),
     Op("DeleteCoffer", "coffer", _nothing, lambda c, co, k, s: c.delete(f"/{co}"), 204),
+    Op("PutCofferLifecycle", "coffer", _nothing, _put_rule),
+    Op("GetCofferLifecycle", "coffer", _ruled,
+       lambda c, co, k, s: c.get(f"/{co}", params={"lifecycle": ""})),
     Op("PutObject", "object", _nothing,
        lambda c, co, k, s: c.put(f"/{co}/{k}", content=DATA)),
     Op("GetObject", "object", _stored, lambda c, co, k, s: c.get(f"/{co}/{k}")),
@@ -230,6 +248,10 @@ def expect(op: Op, r: httpx.Response, coffer: str, key: str, allowed: bool) -> N
             assert ET.fromstring(r.content).findtext("Name") == coffer
         if op.action in ("PutObject", "UploadPart"):
             assert r.headers["ETag"].startswith('"')
+        if op.action == "PutCofferLifecycle":
+            assert r.content == b""
+        if op.action == "GetCofferLifecycle":
+            assert r.content == RULE
     else:
         assert_error(r, 401, "PolicyCheckFailed", op.resource(coffer, key))
 

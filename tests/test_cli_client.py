@@ -450,8 +450,9 @@ def test_mb_with_an_invalid_name(dc: Dc, name: str) -> None:
 
 def test_mb_and_rb_take_no_key(dc: Dc, coffer_name: str) -> None:
     assert_usage(dc("mb", f"dc://{coffer_name}/key", "--location", "ap-tianjin"),
-                 "mb takes a coffer, not an object key")
-    assert_usage(dc("rb", f"dc://{coffer_name}/key"), "rb takes a coffer, not an object key")
+                 "mb takes a coffer (dc://COFFER), not an object key")
+    assert_usage(dc("rb", f"dc://{coffer_name}/key"),
+                 "rb takes a coffer (dc://COFFER), not an object key")
     assert_usage(dc("mb", "s3://x-1250000000"), "is not a dc://coffer/key address")
 
 
@@ -1218,4 +1219,4 @@ def test_help_lists_every_command(dc: Dc) -> None:
     section = out.split("\nCommands:\n", 1)[1]
     listed = re.findall(r"^  (\S+)", section, re.MULTILINE)
     assert listed == ["serve", "admin", "configure", "mb", "rb", "ls", "cp", "cat", "stat",
-                      "presign", "uploads", "policy"]
+                      "presign", "uploads", "policy", "lifecycle"]

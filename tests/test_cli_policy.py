@@ -452,7 +452,7 @@ def test_a_key_instead_of_a_coffer(dc: Dc, coffer: str, policy_file: Path,
     extra = [str(policy_file)] if rest else []
     assert_usage(dc("policy", command, f"dc://{coffer}/k", *extra, "--endpoint",
                     closed_endpoint()),
-                 "a policy belongs to a coffer: give dc://COFFER, not an object key")
+                 f"policy {command} takes a coffer (dc://COFFER), not an object key")
 
 
 def test_put_with_an_invalid_coffer_name_or_file(dc: Dc, policy_file: Path,

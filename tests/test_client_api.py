@@ -755,20 +755,18 @@ def test_presigned_url_of_a_client_with_a_region(server, account, sdk, coffer):
         assert r.content == b"via a region"
 
 
-# -- lifecycle: not in this version of the server ------------------------------------------------
+# -- lifecycle: the SDK's refusals (the round trip: test_lifecycle_api.py) --------------------
 
-@pytest.mark.parametrize(("method", "args", "operation"), [
-    ("put_coffer_lifecycle", (30,), "PutCofferLifecycle"),
-    ("get_coffer_lifecycle", (), "GetCofferLifecycle"),
-])
-def test_lifecycle_is_method_not_allowed(rec, coffer, method, args, operation):
-    with pytest.raises(errors.MethodNotAllowed) as caught:
+@pytest.mark.parametrize(("method", "args", "cls", "status", "group"), [
+    ("get_coffer_lifecycle", (), errors.NoSuchLifecycleConfiguration, 404, errors.NotFound),
+    ("put_coffer_lifecycle", (0,), errors.InvalidLifeCycle, 400, errors.InvalidRequest),
+], ids=["no-rule", "days-0"])
+def test_lifecycle_refusals(rec, coffer, method, args, cls, status, group):
+    with pytest.raises(cls) as caught:
         getattr(rec.sdk, method)(coffer, *args)
-    assert isinstance(caught.value, errors.InvalidRequest)
-    assert len(rec.responses) == 1  # a 405 is not retried
-    assert_service_error(caught.value, errors.MethodNotAllowed, "MethodNotAllowed", 405,
-                         rec.last, resource=coffer,
-                         message=f"{operation} is not available in this version of the server.")
+    assert isinstance(caught.value, group)
+    assert len(rec.responses) == 1  # neither is retried
+    assert_service_error(caught.value, cls, cls.__name__, status, rec.last, resource=coffer)
 
 
 # -- the error classes --------------------------------------------------------------------------

@@ -310,5 +310,14 @@ def test_kms_setting(tmp_path):
     settings = load(conf, data_dir=str(tmp_path))
     assert (settings.kms, settings.kmip_host, settings.kmip_port, settings.kmip_timeout) == (
         "kmip", "kms.example", 5696, 3)
-    with pytest.raises(ConfigError, match=r"and kmip_timeout must be at least 1$"):
+    with pytest.raises(ConfigError, match=r"kmip_timeout and lifecycle_interval must be at "
+                                          r"least 1$"):
         load(conf, data_dir=str(tmp_path), kmip_timeout=0)
+
+
+def test_lifecycle_interval_setting(tmp_path, monkeypatch):
+    assert load(data_dir=str(tmp_path)).lifecycle_interval == 600
+    monkeypatch.setenv("DATACOFFER_LIFECYCLE_INTERVAL", "5")
+    assert load(data_dir=str(tmp_path)).lifecycle_interval == 5
+    with pytest.raises(ConfigError, match=r"lifecycle_interval must be at least 1$"):
+        load(data_dir=str(tmp_path), lifecycle_interval=0)

@@ -58,6 +58,8 @@ class Settings:
     #: addresses or CIDR blocks of reverse proxies whose X-Forwarded-For is believed (the
     #: first hop becomes the client address of policy conditions); none by default
     trusted_proxies: tuple[str, ...] = ()
+    #: seconds between two passes of the lifecycle sweeper (`serve` without --no-background)
+    lifecycle_interval: int = 600
 
     def region_path(self, region: str) -> Path:
         path = Path(self.regions[region])
@@ -127,9 +129,9 @@ def load(config_file: str | Path | None = None, **flags: Any) -> Settings:
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
     if min(settings.max_coffers, settings.lease_seconds, settings.body_timeout,
-           settings.min_part_size, settings.kmip_timeout) < 1:
-        raise ConfigError("max_coffers, lease_seconds, body_timeout, min_part_size and "
-                          "kmip_timeout must be at least 1")
+           settings.min_part_size, settings.kmip_timeout, settings.lifecycle_interval) < 1:
+        raise ConfigError("max_coffers, lease_seconds, body_timeout, min_part_size, "
+                          "kmip_timeout and lifecycle_interval must be at least 1")
     if settings.kms not in ("builtin", "kmip"):
         raise ConfigError(f"kms: expected \"builtin\" or \"kmip\", got {settings.kms!r}")
     if settings.kms == "kmip":

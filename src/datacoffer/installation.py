@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from datacoffer import rootkey
 from datacoffer.config import Settings
 from datacoffer.core.coffers import Coffers
+from datacoffer.core.expiry import Expiry
 from datacoffer.core.identities import Identities
 from datacoffer.core.keyring import Keyring
+from datacoffer.core.lifecycles import Lifecycles
 from datacoffer.core.locks import RecordLocks
 from datacoffer.core.objects import Objects
 from datacoffer.core.policies import Policies
@@ -50,6 +52,8 @@ class Installation:
     kms: Kms
     roles: Roles
     policies: Policies
+    lifecycles: Lifecycles
+    expiry: Expiry
     tokens: Tokens
     #: whether this open created the installation (first start)
     is_new: bool
@@ -104,7 +108,8 @@ class Installation:
         objects = Objects(db, stores, keyring, lease_seconds=settings.lease_seconds,
                           max_object_size=settings.max_object_size,
                           body_timeout=settings.body_timeout)
-        # a policy write holds its lock while it reads a body of at most 20 KiB
+        # a policy write holds its lock while it reads a body of at most 20 KiB, which must
+        # arrive within body_timeout
         locks = RecordLocks(db, objects.holder, objects.lapsed,
                             lease_seconds=settings.body_timeout + 10)
         policies = Policies(db, locks, tuple(settings.regions))
@@ -121,6 +126,8 @@ class Installation:
             kms=kms,
             roles=roles,
             policies=policies,
+            lifecycles=Lifecycles(locks),
+            expiry=Expiry(db, objects),
             tokens=Tokens(identities),
             is_new=found == 0,
         )

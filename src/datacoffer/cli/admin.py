@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from datacoffer import __version__
 from datacoffer.cli.admin_keys import kms, role
+from datacoffer.cli.admin_run import run
 from datacoffer.cli.admin_tokens import token
 from datacoffer.cli.options import data_dir_option, emit, fail, installation
 from datacoffer.core.coffers import MULTIPART, STORED, WRITING
@@ -45,6 +46,7 @@ def admin() -> None:
 admin.add_command(kms)
 admin.add_command(role)
 admin.add_command(token)
+admin.add_command(run)
 
 
 @admin.group()

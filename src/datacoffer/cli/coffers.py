@@ -33,8 +33,7 @@ def make_coffer(session: Session, coffer: Remote, locations: tuple[str, ...],
       datacoffer mb dc://reports-1250000000 --location ap-tianjin --location ap-shanghai
       datacoffer mb dc://vault-1250000000 --location ap-tianjin --encrypt-type 1
     """
-    if coffer.key:
-        usage("mb takes a coffer, not an object key")
+    coffer.only_coffer("mb")
     regions = list(locations) or ([session.client.profile.region]
                                   if session.client.profile.region else [])
     if not regions:
@@ -57,8 +56,7 @@ def remove_coffer(session: Session, coffer: Remote) -> None:
     Example:
       datacoffer rb dc://scratch-1250000000
     """
-    if coffer.key:
-        usage("rb takes a coffer, not an object key")
+    coffer.only_coffer("rb")
     session.client.delete_coffer(coffer.coffer)
     if session.json:
         session.emit({"Coffer": coffer.coffer, "Removed": True})

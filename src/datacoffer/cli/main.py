@@ -31,6 +31,8 @@ COMMANDS = {
     "uploads": ("datacoffer.cli.uploads:uploads", "List or abort multipart uploads in progress."),
     "policy": ("datacoffer.cli.policy:policy_group",
                "Show, replace or remove a coffer's policy (who else may use it)."),
+    "lifecycle": ("datacoffer.cli.lifecycle:lifecycle_group",
+                  "Show or set a coffer's lifecycle rule (when its objects expire)."),
 }
 
 
@@ -58,7 +60,8 @@ def cli() -> None:
 
     \b
     Operators:  datacoffer serve, then datacoffer admin account create --app-id A --uin U
-    Users:      datacoffer configure, then mb, ls, cp, cat, stat, presign, uploads, policy
+    Users:      datacoffer configure, then mb, ls, cp, cat, stat, presign, uploads, policy,
+                lifecycle
 
     Client commands exit 0 on success, 1 on a server, network or checksum failure, 2 on a
     usage error or a request the server calls malformed, 3 on an authentication or permission

@@ -11,12 +11,6 @@ from datacoffer.errors import CdcsError
 from datacoffer.names import split_coffer_name
 
 
-def _coffer(remote: Remote) -> str:
-    if remote.key:
-        usage("a policy belongs to a coffer: give dc://COFFER, not an object key")
-    return remote.coffer
-
-
 @click.group("policy")
 def policy_group() -> None:
     """Show, replace or remove a coffer's policy (the owner's root identity only).
@@ -42,7 +36,7 @@ def get(session: Session, coffer: Remote) -> None:
     Example:
       datacoffer policy get dc://reports-1250000000 > policy.json
     """
-    session.emit(session.client.get_coffer_policy(_coffer(coffer)))
+    session.emit(session.client.get_coffer_policy(coffer.only_coffer("policy get")))
 
 
 @policy_group.command("put")
@@ -59,7 +53,7 @@ def put(session: Session, coffer: Remote, file: click.utils.LazyFile) -> None:
     Example:
       datacoffer policy put dc://reports-1250000000 policy.json
     """
-    name = _coffer(coffer)
+    name = coffer.only_coffer("policy put")
     raw = file.read()
     try:
         _, app_id = split_coffer_name(name)
@@ -86,7 +80,7 @@ def delete(session: Session, coffer: Remote) -> None:
     Example:
       datacoffer policy delete dc://reports-1250000000
     """
-    name = _coffer(coffer)
+    name = coffer.only_coffer("policy delete")
     session.client.delete_coffer_policy(name)
     if session.json:
         session.emit({"Coffer": name, "Policy": "deleted"})

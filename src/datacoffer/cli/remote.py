@@ -21,6 +21,13 @@ class Remote:
     def __str__(self) -> str:
         return f"{SCHEME}{self.coffer}/{self.key}"
 
+    def only_coffer(self, command: str) -> str:
+        """The coffer's name, for a command that takes a coffer and no key (usage error
+        otherwise)."""
+        if self.key:
+            raise click.UsageError(f"{command} takes a coffer (dc://COFFER), not an object key")
+        return self.coffer
+
     @property
     def is_dir(self) -> bool:
         """No key, or a key ending in '/': a place to put files rather than an object."""

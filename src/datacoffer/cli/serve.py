@@ -60,7 +60,8 @@ def _configure_logging(level: str) -> None:
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="PEM private key of --tls-cert.")
 @click.option("--no-background", is_flag=True,
-              help="Run no background worker (lifecycle, replication, scrub).")
+              help="Run no background worker (the lifecycle sweeper; later replication "
+                   "and scrub): `datacoffer admin run lifecycle` does one pass instead.")
 def serve(data_dir: str | None, config_file: str | None, host: str | None, port: int | None,
           tls_cert: str | None, tls_key: str | None, no_background: bool) -> None:
     """Run the Data Coffer server.
@@ -95,7 +96,8 @@ def serve(data_dir: str | None, config_file: str | None, host: str | None, port:
     from datacoffer.http.app import DataCofferApp
 
     uvicorn.run(
-        DataCofferApp(inst), host=conf.host, port=conf.port, loop="uvloop", http="httptools",
+        DataCofferApp(inst, background=not no_background), host=conf.host, port=conf.port,
+        loop="uvloop", http="httptools",
         # X-Forwarded-For is believed only from trusted_proxies, by the server itself
         proxy_headers=False, lifespan="on", server_header=False, access_log=False,
         log_config=None,

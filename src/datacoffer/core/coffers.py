@@ -9,14 +9,17 @@ import sqlalchemy as sa
 
 from datacoffer.core.clock import now_ms
 from datacoffer.core.identities import Identity
+from datacoffer.core.lifecycle import DAY_MS
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffer_policies, coffers, objects
+from datacoffer.meta.schema import coffer_lifecycles, coffer_policies, coffers, objects
 from datacoffer.names import split_coffer_name
 
 STORED = "stored"
 WRITING = "writing"
 MULTIPART = "multipart"
+#: expired by the lifecycle rule, its files being removed (core/expiry.py)
+EXPIRING = "expiring"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Coffer:
     created_ms: int
     #: the canonical document of the coffer's policy, read with the coffer (None: no policy)
     policy: str | None = None
+    #: the lifecycle rule's Days, read with the coffer (None: no rule)
+    lifecycle_days: int | None = None
 
     @property
     def primary(self) -> str:
@@ -68,7 +73,7 @@ def _row_to_coffer(row: sa.Row) -> Coffer:
     return Coffer(id=row.id, name=row.name, owner_uin=row.owner_uin, app_id=row.app_id,
                   locations=tuple(row.locations.split(",")), encrypt_type=row.encrypt_type,
                   key_id=row.key_id, key_region=row.key_region, created_ms=row.created_ms,
-                  policy=row.policy)
+                  policy=row.policy, lifecycle_days=row.lifecycle_days)
 
 
 def successor(prefix: str) -> str | None:
@@ -86,9 +91,13 @@ def successor(prefix: str) -> str | None:
     return None
 
 
-#: A coffer with its policy: deciding a request by another identity needs no second read.
-_WITH_POLICY = sa.select(coffers, coffer_policies.c.document.label("policy")).select_from(
-    coffers.outerjoin(coffer_policies, coffer_policies.c.coffer_id == coffers.c.id))
+#: A coffer with its policy and lifecycle rule: deciding a request by another identity, or
+#: telling an object's expiration, needs no second read.
+_WITH_POLICY = sa.select(
+    coffers, coffer_policies.c.document.label("policy"),
+    coffer_lifecycles.c.days.label("lifecycle_days")).select_from(
+    coffers.outerjoin(coffer_policies, coffer_policies.c.coffer_id == coffers.c.id)
+    .outerjoin(coffer_lifecycles, coffer_lifecycles.c.coffer_id == coffers.c.id))
 #: Built once: composing a statement costs more than running it.
 _BY_NAME = _WITH_POLICY.where(coffers.c.name == sa.bindparam("name"))
 
@@ -190,6 +199,9 @@ class Coffers:
                 raise CdcsError("AlreadyLock",
                                 "An upload into this coffer is in progress; retry later.",
                                 resource=coffer.name)
+            if EXPIRING in states:
+                raise CdcsError("AlreadyLock", "Objects of this coffer are being expired by "
+                                "its lifecycle rule; retry in a moment.", resource=coffer.name)
             conn.execute(coffers.delete().where(coffers.c.id == coffer.id))
 
     def list_objects(self, coffer: Coffer, prefix: str, delimiter: str, marker: str,
@@ -198,11 +210,14 @@ class Coffers:
         entries: list[ListedObject | str] = []
         upper = successor(prefix) if prefix else None
         lower, inclusive = marker, False
+        live = objects.c.state == STORED
+        if coffer.lifecycle_days is not None:  # (due objects are gone, swept or not)
+            live &= objects.c.created_ms > now_ms() - coffer.lifecycle_days * DAY_MS
         with self.db.read() as conn:
             while len(entries) <= max_keys:
                 q = sa.select(objects.c.key, objects.c.size, objects.c.etag,
                               objects.c.created_ms).where(
-                    (objects.c.coffer_id == coffer.id) & (objects.c.state == STORED)
+                    (objects.c.coffer_id == coffer.id) & live
                     & (objects.c.key >= prefix)
                     & (objects.c.key >= lower if inclusive else objects.c.key > lower))
                 if upper is not None:

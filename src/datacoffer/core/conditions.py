@@ -9,7 +9,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+
+from datacoffer.core.clock import parse_utc_ms
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -56,16 +57,9 @@ def parse_network(text: str) -> Network:
 def parse_time(text: str) -> int:
     """An ISO 8601 UTC time (`2026-01-31T12:00:00Z`), in whole seconds since the epoch."""
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        moment = None
-    offset = moment.utcoffset() if moment is not None else None
-    if moment is None or "T" not in text.upper() or offset is None:
-        raise ConditionError(f"{text!r} is not an ISO 8601 UTC time such as "
-                             "2026-01-31T12:00:00Z")
-    if offset.total_seconds() != 0:
-        raise ConditionError(f"{text!r} is not in UTC: end it with Z")
-    return int(moment.timestamp())
+        return parse_utc_ms(text) // 1000
+    except ValueError as exc:
+        raise ConditionError(str(exc)) from None
 
 
 Predicate = Callable[[Context], bool]

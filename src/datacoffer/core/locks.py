@@ -1,15 +1,16 @@
 """AlreadyLock: one write at a time on a coffer's record (its policy, its lifecycle rule).
 
-A writer takes the record's lock before it reads its request body and gives it back when
-it is done; a second writer meanwhile is refused at once (errors.md: never a wait of more
-than a second). The lock is a row in the metadata store, so it holds across server
-processes; its lease frees it if the holder dies, and the holder's final write checks, in
-its own transaction, that the lock is still its own.
+A writer takes the record's lock (a policy writer before it reads its request body) and
+gives it back when it is done; a second writer meanwhile is refused at once (errors.md:
+never a wait of more than a second). The lock is a row in the metadata store, so it holds
+across server processes; its lease frees it if the holder dies, and the holder's final
+write checks, in its own transaction, that the lock is still its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import Coffer
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffer_locks
+from datacoffer.meta.schema import coffer_locks, coffers
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,17 @@ class RecordLocks:
                 _row(held) & (coffer_locks.c.holder == self.holder)
                 & (coffer_locks.c.lease_until_ms == held.lease_until_ms)))
 
-    def check(self, conn: sa.Connection, held: Held) -> None:
-        """In the writer's final transaction: AlreadyLock if its lease lapsed and another
-        writer took the record meanwhile."""
-        row = conn.execute(sa.select(coffer_locks.c.holder, coffer_locks.c.lease_until_ms)
-                           .where(_row(held))).first()
-        if row is None or (row.holder, row.lease_until_ms) != (self.holder,
-                                                                held.lease_until_ms):
-            raise self._busy(held.record, held.coffer)
+    @contextmanager
+    def writing(self, held: Held) -> Iterator[sa.Connection]:
+        """The holder's final write transaction: NoSuchCoffer if the coffer was deleted
+        meanwhile, AlreadyLock if the lease lapsed and another writer took the record."""
+        with self.db.write() as conn:
+            if conn.execute(sa.select(coffers.c.id).where(
+                    coffers.c.id == held.coffer.id)).first() is None:
+                raise CdcsError("NoSuchCoffer", resource=held.coffer.name)
+            row = conn.execute(sa.select(coffer_locks.c.holder, coffer_locks.c.lease_until_ms)
+                               .where(_row(held))).first()
+            if row is None or (row.holder, row.lease_until_ms) != (self.holder,
+                                                                    held.lease_until_ms):
+                raise self._busy(held.record, held.coffer)
+            yield conn

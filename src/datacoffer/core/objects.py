@@ -22,7 +22,7 @@ import anyio
 import sqlalchemy as sa
 
 from datacoffer.core.clock import now_ms
-from datacoffer.core.coffers import STORED, WRITING, Coffer
+from datacoffer.core.coffers import EXPIRING, STORED, WRITING, Coffer
 from datacoffer.core.identities import Identity
 from datacoffer.core.ingest import write_leased
 from datacoffer.core.keyring import KeyOpener, Keyring
@@ -159,6 +159,10 @@ class Objects:
                 code = ("ObjectAlreadyExistsOwnedByYou" if row.writer_uin == writer.uin
                         else "ObjectAlreadyExists")
                 raise CdcsError(code, resource=resource)
+            if row.state == EXPIRING:
+                raise CdcsError("AlreadyLock", "The object under this key is being expired by "
+                                "the coffer's lifecycle rule; retry in a moment.",
+                                resource=resource)
             if row.state != WRITING or not self.lapsed(row.holder, row.lease_until_ms, now):
                 raise CdcsError("ObjectAlreadyUploading", resource=resource)
             log.info("reclaiming lapsed reservation of %s (holder %s)", resource, row.holder)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import sqlalchemy as sa
-
 from datacoffer.core import policy
 from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import Coffer
 from datacoffer.core.locks import Held, RecordLocks
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffer_policies, coffers
+from datacoffer.meta.schema import coffer_policies
 
 RECORD = "policy"
 
@@ -39,17 +37,12 @@ class Policies:
                             resource=coffer.name) from None
 
     def _write(self, held: Held, document: str | None) -> None:
-        coffer = held.coffer
-        with self.db.write() as conn:
-            if conn.execute(sa.select(coffers.c.id).where(coffers.c.id == coffer.id)).first() \
-                    is None:
-                raise CdcsError("NoSuchCoffer", resource=coffer.name)
-            self.locks.check(conn, held)
+        with self.locks.writing(held) as conn:
             conn.execute(coffer_policies.delete().where(
-                coffer_policies.c.coffer_id == coffer.id))
+                coffer_policies.c.coffer_id == held.coffer.id))
             if document is not None:
                 conn.execute(coffer_policies.insert().values(
-                    coffer_id=coffer.id, document=document, updated_ms=now_ms()))
+                    coffer_id=held.coffer.id, document=document, updated_ms=now_ms()))
 
     def put(self, held: Held, parsed: policy.Policy) -> None:
         """Replace the coffer's policy (the caller holds its lock). A policy without

@@ -6,6 +6,7 @@ logged with the full detail, while the client sees only the code and a helpful s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -17,8 +18,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from datacoffer import SERVER_NAME
+from datacoffer.core.clock import now_ms
 from datacoffer.errors import CdcsError
-from datacoffer.http import coffers, multipart, objects, policy, service
+from datacoffer.http import coffers, lifecycle, multipart, objects, policy, service
 from datacoffer.http.auth import authenticate
 from datacoffer.http.call import Call
 from datacoffer.http.errors import error_response, printable
@@ -38,6 +40,8 @@ HANDLERS: dict[str, Handler] = {
     "PutCofferPolicy": policy.put_policy,
     "GetCofferPolicy": policy.get_policy,
     "DeleteCofferPolicy": policy.delete_policy,
+    "PutCofferLifecycle": lifecycle.put_lifecycle,
+    "GetCofferLifecycle": lifecycle.get_lifecycle,
     "PutObject": objects.put_object,
     "GetObject": objects.get_object,
     "HeadObject": objects.head_object,
@@ -55,8 +59,11 @@ def new_id() -> str:
 
 
 class DataCofferApp:
-    def __init__(self, inst: Installation) -> None:
+    def __init__(self, inst: Installation, *, background: bool = False) -> None:
+        """`background`: run the background workers (the lifecycle sweeper) while serving."""
         self.inst = inst
+        self.background = background
+        self._workers: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -70,12 +77,31 @@ class DataCofferApp:
             if message["type"] == "lifespan.startup":
                 found = await anyio.to_thread.run_sync(
                     self.inst.objects.recover, self.inst.uploads.reclaim_lapsed_parts)
+                found["expiries_finished"] = await anyio.to_thread.run_sync(
+                    self.inst.expiry.finish)
                 log.info("recovery at start: %s", found)
+                if self.background:
+                    self._workers.append(asyncio.create_task(self._sweep_forever()))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for worker in self._workers:
+                    worker.cancel()
+                await asyncio.gather(*self._workers, return_exceptions=True)
                 await anyio.to_thread.run_sync(self.inst.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _sweep_forever(self) -> None:
+        """The lifecycle sweeper: a pass now, then one every `lifecycle_interval` seconds.
+        A failed pass is logged and the next one tries again."""
+        while True:
+            try:
+                expired = await anyio.to_thread.run_sync(self.inst.expiry.sweep, now_ms())
+                if expired:
+                    log.info("lifecycle pass: %d objects expired", len(expired))
+            except Exception:
+                log.exception("lifecycle pass failed; the next one retries")
+            await asyncio.sleep(self.inst.settings.lifecycle_interval)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -88,11 +114,7 @@ class DataCofferApp:
         try:
             query = parse_query(scope.get("query_string", b""))
             endpoint = route(method, path, query, request.headers.get("host", ""))
-            handler = HANDLERS.get(endpoint.operation)
-            if handler is None:
-                raise CdcsError("MethodNotAllowed",
-                                f"{endpoint.operation} is not available in this version of "
-                                "the server.", resource=endpoint.resource)
+            handler = HANDLERS[endpoint.operation]  # (the router makes only these)
             identity = await authenticate(self.inst.identities, self.inst.tokens, request,
                                           endpoint, path, query, self.inst.settings.sign_skew)
             call = Call(request, endpoint, identity, self.inst)

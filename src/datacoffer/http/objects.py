@@ -8,8 +8,9 @@ import binascii
 import anyio
 from starlette.responses import Response, StreamingResponse
 
-from datacoffer.core.clock import rfc1123
+from datacoffer.core.clock import now_ms, rfc1123
 from datacoffer.core.coffers import Coffer
+from datacoffer.core.lifecycle import expires_ms
 from datacoffer.core.objects import StoredObject
 from datacoffer.core.uploads import MAX_PART_NUMBER
 from datacoffer.errors import CdcsError
@@ -85,16 +86,23 @@ async def _stored(call: Call) -> tuple[Coffer, StoredObject]:
     assert call.region is not None
     obj = await anyio.to_thread.run_sync(call.inst.objects.head, coffer, call.endpoint.key,
                                          call.region)
+    expires = expires_ms(obj.created_ms, coffer.lifecycle_days)
+    if expires is not None and expires <= now_ms():  # due: gone, whether swept yet or not
+        raise call.fail("ObjectNotExists")
     return coffer, obj
 
 
-def _full_headers(obj: StoredObject) -> dict[str, str]:
+def _full_headers(coffer: Coffer, obj: StoredObject) -> dict[str, str]:
     """GetObject's headers. Content-Type is set as stored: passing it as Starlette's
     media_type would append a charset to text types."""
-    return {**object_headers(obj), "Content-Type": obj.content_type,
-            "Content-Length": str(obj.size),
-            "x-cdcs-encrypt-type": str(obj.encrypt_type),
-            "x-cdcs-checksum-sha256": obj.sha256}
+    headers = {**object_headers(obj), "Content-Type": obj.content_type,
+               "Content-Length": str(obj.size),
+               "x-cdcs-encrypt-type": str(obj.encrypt_type),
+               "x-cdcs-checksum-sha256": obj.sha256}
+    expires = expires_ms(obj.created_ms, coffer.lifecycle_days)
+    if expires is not None:
+        headers["x-cdcs-expiration"] = rfc1123(expires)
+    return headers
 
 
 def _part_number(call: Call) -> int | None:
@@ -129,7 +137,7 @@ def _part_span(call: Call, obj: StoredObject, number: int) -> tuple[int, int, di
 async def _answer(call: Call, *, body: bool) -> Response:
     number = _part_number(call)
     coffer, obj = await _stored(call)
-    headers = _full_headers(obj)
+    headers = _full_headers(coffer, obj)
     span: tuple[int, int] | None = None
     if number is not None:
         first, last, extra = await anyio.to_thread.run_sync(_part_span, call, obj, number)

@@ -45,11 +45,17 @@ def _add_access(conn: Connection) -> None:
                                              schema.temp_credentials])
 
 
+def _add_lifecycles(conn: Connection) -> None:
+    """Version 6: coffer lifecycle rules."""
+    schema.metadata.create_all(conn, tables=[schema.coffer_lifecycles])
+
+
 #: Migration N turns schema version N-1 into version N. A new database is created at the
 #: latest version directly from `schema`, so an entry is only needed for a change.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    2: _add_multipart, 3: _widen_checksums, 4: _add_keys, 5: _add_access}
-LATEST = 5
+    2: _add_multipart, 3: _widen_checksums, 4: _add_keys, 5: _add_access,
+    6: _add_lifecycles}
+LATEST = 6
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -185,3 +185,12 @@ temp_credentials = sa.Table(
     sa.Column("expires_ms", sa.BigInteger, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
 )
+
+#: A coffer's lifecycle rule: its objects expire `days` after their upload completed.
+coffer_lifecycles = sa.Table(
+    "coffer_lifecycles", metadata,
+    sa.Column("coffer_id", sa.Integer, sa.ForeignKey("coffers.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("days", sa.Integer, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
