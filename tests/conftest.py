@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,15 @@ def new_account(server: ServerProcess, *extra: str) -> Account:
     app_id, uin = str(1300000000 + n), str(200000000000 + n)
     doc = server.admin("account", "create", "--app-id", app_id, "--uin", uin, *extra)
     return Account(app_id, uin, doc["SecretId"], doc["SecretKey"])
+
+
+@pytest.fixture(scope="module")
+def sub(server: ServerProcess, account: Account) -> Account:
+    """A sub-account of the shared account (its AppID; its own UIN and key), one per module
+    that asks for it."""
+    uin = str(900000000000 + secrets.randbelow(99999999999))
+    doc = server.admin("subaccount", "create", "--parent-uin", account.uin, "--uin", uin)
+    return Account(account.app_id, doc["Uin"], doc["SecretId"], doc["SecretKey"])
 
 
 @pytest.fixture(scope="session")

@@ -854,19 +854,22 @@ def test_dropped_slow_writer_releases_the_lock(server, client, account, coffer):
     assert get_policy(client, coffer).content == EMPTY
 
 
-def test_threaded_policy_writers(server, client, account, coffer, identities):
-    who = identities["own-sub"].principal
-    docs = [_grant_doc(account.app_id, coffer, who, f"w{i}/*") for i in range(16)]
-    barrier = threading.Barrier(len(docs))
+def race_writers(server: ServerProcess, account: Account, coffer: str, bodies: list[Any],
+                 send: Callable[[SignedClient, str, Any], httpx.Response],
+                 record: str) -> list[Any]:
+    """Send every body at once, each from its own connection and thread (no retries): each
+    answer is 200 with an empty body or 409 AlreadyLock naming `record`; returns the bodies
+    that won (at least one)."""
+    barrier = threading.Barrier(len(bodies))
     answers: dict[int, httpx.Response] = {}
     clients = [SignedClient(server.base_url, account.secret_id, account.secret_key)
-               for _ in docs]
+               for _ in bodies]
 
     def write(i: int) -> None:
         barrier.wait()
-        answers[i] = put_policy(clients[i], coffer, docs[i])
+        answers[i] = send(clients[i], coffer, bodies[i])
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(docs))]
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(bodies))]
     try:
         for t in threads:
             t.start()
@@ -875,15 +878,23 @@ def test_threaded_policy_writers(server, client, account, coffer, identities):
     finally:
         for c in clients:
             c.close()
-    assert len(answers) == len(docs)
+    assert len(answers) == len(bodies)
     winners = []
     for i, r in sorted(answers.items()):
         if r.status_code == 200:
             assert r.content == b""
-            winners.append(docs[i])
+            winners.append(bodies[i])
         else:
             assert_error(r, 409, "AlreadyLock", coffer)
+            assert record in message(r)
     assert winners
+    return winners
+
+
+def test_threaded_policy_writers(server, client, account, coffer, identities):
+    who = identities["own-sub"].principal
+    docs = [_grant_doc(account.app_id, coffer, who, f"w{i}/*") for i in range(16)]
+    winners = race_writers(server, account, coffer, docs, put_policy, "policy")
     assert policy_now(client, coffer) in winners
 
 

@@ -25,7 +25,6 @@ from tests.test_cli_client import (
     write_profile,
 )
 from tests.test_cli_policy import closed_endpoint
-from tests.test_identities import unique_uin
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,6 @@ def dc(server: ServerProcess, account: Account, tmp_path_factory: pytest.TempPat
     """The client with a default profile of the shared account's root."""
     home = tmp_path_factory.mktemp("cli-lifecycle")
     return Dc(clean_env(write_profile(home / "profiles.toml", server, account)))
-
-
-@pytest.fixture(scope="module")
-def sub(server: ServerProcess, account: Account) -> Account:
-    """A sub-account of the shared account."""
-    doc = server.admin("subaccount", "create", "--parent-uin", account.uin, "--uin",
-                       unique_uin())
-    return Account(account.app_id, doc["Uin"], doc["SecretId"], doc["SecretKey"])
 
 
 @pytest.fixture(scope="module")

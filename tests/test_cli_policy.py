@@ -30,7 +30,6 @@ from tests.test_cli_client import (
     read,
     write_profile,
 )
-from tests.test_identities import unique_uin
 
 #: What GetCofferPolicy answers for a coffer without a policy (api.md, byte for byte), as
 #: `policy get` prints it.
@@ -143,14 +142,6 @@ LOCAL_FAULTS: list[tuple[str, Builder, str]] = [
 
 
 # -- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sub(server: ServerProcess, account: Account) -> Account:
-    """A sub-account of the shared account (its AppID; its own UIN and key)."""
-    doc = server.admin("subaccount", "create", "--parent-uin", account.uin, "--uin",
-                       unique_uin())
-    return Account(account.app_id, doc["Uin"], doc["SecretId"], doc["SecretKey"])
 
 
 @pytest.fixture(scope="module")

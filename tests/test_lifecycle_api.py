@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +33,7 @@ from tests.test_access_api import (
     open_put_policy,
     principal,
     put_policy,
+    race_writers,
     read_answer,
     resource,
     set_policy,
@@ -534,37 +534,11 @@ def test_sub_account_token_needs_both_policies(server, client, account, guarded,
 
 def test_threaded_lifecycle_writers(server, client, account, coffer):
     days = list(range(101, 117))
-    barrier = threading.Barrier(len(days))
-    answers: dict[int, httpx.Response] = {}
-    clients = [SignedClient(server.base_url, account.secret_id, account.secret_key)
-               for _ in days]
-
-    def write(i: int) -> None:
-        barrier.wait()
-        answers[i] = put_lifecycle(clients[i], coffer, rule(days[i]))
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(days))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        for c in clients:
-            c.close()
-    assert len(answers) == len(days)
-    winners = []
-    for i, r in sorted(answers.items()):
-        if r.status_code == 200:
-            assert r.content == b""
-            winners.append(days[i])
-        else:
-            message = assert_error(r, 409, "AlreadyLock", coffer)
-            assert "lifecycle" in message
-    assert winners
+    winners = race_writers(server, account, coffer, [rule(d) for d in days],
+                           put_lifecycle, "lifecycle")
     r = get_lifecycle(client, coffer)
     assert r.status_code == 200, r.text
-    assert json.loads(r.content)["Rule"][0]["Expiration"]["Days"] in winners
+    assert rule(json.loads(r.content)["Rule"][0]["Expiration"]["Days"]) in winners
 
 
 def test_policy_write_does_not_lock_the_lifecycle(server, client, account, coffer, identities):
