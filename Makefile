@@ -22,7 +22,9 @@ lint: $(VENV)/.installed
 
 test: lint
 	./scripts/test-services.sh
-	$(BIN)/python -m pytest $(ARGS)
+	# one worker per core, each test file whole on one worker (its module fixtures, such as
+	# its own server processes, are made once)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench $(ARGS)
