@@ -11,35 +11,24 @@ import re
 
 import pytest
 
+import tests.test_cli_policy as cli_policy
 from datacoffer.client import Client, errors
 from tests.conftest import Account
-from tests.serverproc import ServerProcess, SignedClient
+from tests.serverproc import SignedClient
 from tests.test_access_api import fresh, resource, set_policy, statement
 from tests.test_cli_client import (
     Dc,
     assert_service_error,
     assert_usage,
-    clean_env,
     ok,
     ok_json,
-    write_profile,
 )
 from tests.test_cli_policy import closed_endpoint
 
-
-@pytest.fixture(scope="module")
-def dc(server: ServerProcess, account: Account, tmp_path_factory: pytest.TempPathFactory
-       ) -> Dc:
-    """The client with a default profile of the shared account's root."""
-    home = tmp_path_factory.mktemp("cli-lifecycle")
-    return Dc(clean_env(write_profile(home / "profiles.toml", server, account)))
-
-
-@pytest.fixture(scope="module")
-def sub_dc(server: ServerProcess, sub: Account, tmp_path_factory: pytest.TempPathFactory
-           ) -> Dc:
-    home = tmp_path_factory.mktemp("cli-lifecycle-sub")
-    return Dc(clean_env(write_profile(home / "profiles.toml", server, sub)))
+#: the CLI policy tests' module fixtures: profiles of the shared account's root and of a
+#: sub-account (made once for this module too)
+dc = cli_policy.dc
+sub_dc = cli_policy.sub_dc
 
 
 def no_rule(sdk: Client, coffer: str) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+import tests.test_access_api as access_api
 from datacoffer.client import Client, errors
 from tests.conftest import Account, new_account
 from tests.serverproc import ServerProcess, SignedClient
@@ -29,7 +30,6 @@ from tests.test_access_api import (
     delete_policy,
     document,
     fresh,
-    make_sub,
     open_put_policy,
     principal,
     put_policy,
@@ -126,18 +126,9 @@ def ruled(client: SignedClient, account: Account) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def identities(server: ServerProcess, account: Account, other: tuple[Account, SignedClient]
-               ) -> Iterator[dict[str, Who]]:
-    """A sub-account of the shared account, another account's root, and a sub-account of
-    that other account."""
-    acc, oc = other
-    own = make_sub(server, account, "own-sub")
-    foreign = make_sub(server, acc, "other-sub", same_account=False)
-    yield {"own-sub": own, "other-root": Who("other-root", principal(acc.uin, acc.uin), oc, False),
-           "other-sub": foreign}
-    own.client.close()
-    foreign.client.close()
+#: the access tests' module fixture: a sub-account of the shared account, another account's
+#: root and a sub-account of that other account (made once for this module too)
+identities = access_api.identities
 
 
 @pytest.fixture(scope="module")
