@@ -433,6 +433,14 @@ def open_put_policy(server: ServerProcess, acct: Any, coffer: str, length: int,
     return sock
 
 
+def finish_put(sock: socket.socket, rest: bytes) -> None:
+    """Send the rest of a slow PutCofferPolicy's body; it must succeed (200, empty)."""
+    sock.sendall(rest)
+    status, headers, answer = read_answer(sock)
+    assert (status, answer) == (200, b"")
+    assert "x-cdcs-error-code" not in headers
+
+
 def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Status, headers (lower-case names) and body of the answer on `sock`."""
     resp = http.client.HTTPResponse(sock)
@@ -826,12 +834,9 @@ def test_slow_writer_holds_the_lock(server, client, account, identities):
         assert policy_now(client, coffer) == before  # reads are not locked
         other_doc = set_policy(client, elsewhere)  # another coffer's lock is its own
         assert policy_now(client, elsewhere) == other_doc
-        sock.sendall(body[10:])
-        status, headers, answer = read_answer(sock)
+        finish_put(sock, body[10:])
     finally:
         sock.close()
-    assert (status, answer) == (200, b"")
-    assert "x-cdcs-error-code" not in headers
     assert policy_now(client, coffer) == slow_doc
     after = set_policy(client, coffer)
     assert policy_now(client, coffer) == after

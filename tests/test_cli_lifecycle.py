@@ -7,7 +7,6 @@ of the server's refusals. The SDK (`sdk` fixture) sets up and checks the rule on
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
@@ -23,7 +22,7 @@ from tests.test_cli_client import (
     ok,
     ok_json,
 )
-from tests.test_cli_policy import closed_endpoint
+from tests.test_cli_policy import closed_endpoint, help_examples
 
 #: the CLI policy tests' module fixtures: profiles of the shared account's root and of a
 #: sub-account (made once for this module too)
@@ -139,9 +138,4 @@ def test_a_sub_account_needs_a_grant(sub_dc: Dc, client: SignedClient, sdk: Clie
 
 @pytest.mark.parametrize("command", ["lifecycle", "lifecycle get", "lifecycle put"])
 def test_help_has_an_example(dc: Dc, command: str) -> None:
-    out = ok(dc(*command.split(), "--help"))
-    assert out.startswith(f"Usage: python -m datacoffer {command} "), out
-    heading = re.search(r"^  Examples?:\n((?:    .*\n)+)", out, re.MULTILINE)
-    assert heading, out
-    examples = [line.strip() for line in heading.group(1).splitlines()]
-    assert any(e.startswith(f"datacoffer {command} ") for e in examples), examples
+    help_examples(dc, command)

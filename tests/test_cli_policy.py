@@ -501,9 +501,8 @@ def test_missing_coffer(dc: Dc, account: Account, coffer_name: str, who: str,
 # -- help --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [
-    "policy", "policy get", "policy put", "policy delete"])
-def test_help_has_an_example(dc: Dc, command: str) -> None:
+def help_examples(dc: Dc, command: str) -> list[str]:
+    """The example lines of `command --help`, checked to include one of `command` itself."""
     out = ok(dc(*command.split(), "--help"))
     # (`python -m datacoffer` names itself so; the console script says `datacoffer`)
     assert out.startswith(f"Usage: python -m datacoffer {command} "), out
@@ -511,5 +510,12 @@ def test_help_has_an_example(dc: Dc, command: str) -> None:
     assert heading, out
     examples = [line.strip() for line in heading.group(1).splitlines()]
     assert any(e.startswith(f"datacoffer {command} ") for e in examples), examples
+    return examples
+
+
+@pytest.mark.parametrize("command", [
+    "policy", "policy get", "policy put", "policy delete"])
+def test_help_has_an_example(dc: Dc, command: str) -> None:
+    examples = help_examples(dc, command)
     if command == "policy put":
         assert "datacoffer policy put dc://reports-1250000000 policy.json" in examples

@@ -6,12 +6,13 @@ Everything the server and the admin commands need to find their data comes from 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from datacoffer.core.conditions import ConditionError, parse_network
 
 DEFAULT_REGIONS = ("ap-tianjin", "ap-shanghai", "ap-guangzhou")
 ENV_PREFIX = "DATACOFFER_"
@@ -90,10 +91,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ConfigError("trusted_proxies: expected a list of addresses or CIDR blocks")
         proxies = tuple(i.strip() for i in items if i.strip())
-        for item in proxies:
+        for item in proxies:  # (parsed as the server parses them, http/peer.py)
             try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
+                parse_network(item)
+            except ConditionError:
                 raise ConfigError(f"trusted_proxies: {item!r} is not an address or "
                                   "CIDR block") from None
         return proxies

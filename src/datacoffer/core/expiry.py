@@ -35,6 +35,17 @@ class Expired:
     expired_ms: int
 
 
+_due = (objects.c.created_ms + coffer_lifecycles.c.days * DAY_MS).label("due")
+#: A batch of stored objects whose coffer's rule says they are due at `now`. Built once:
+#: composing a statement costs more than running it.
+_DUE = (sa.select(objects.c.id, objects.c.key, objects.c.size, objects.c.created_ms,
+                  coffers.c.name, _due)
+        .join(coffers, coffers.c.id == objects.c.coffer_id)
+        .join(coffer_lifecycles, coffer_lifecycles.c.coffer_id == coffers.c.id)
+        .where((objects.c.state == STORED) & (_due <= sa.bindparam("now")))
+        .order_by(objects.c.id).limit(BATCH))
+
+
 def _blob_ids(conn: sa.Connection, ids: list[int]) -> list[str]:
     """The blobs of these objects: a simple object's own, a multipart object's parts'."""
     simple = conn.execute(sa.select(objects.c.blob_id).where(
@@ -67,15 +78,8 @@ class Expiry:
 
     def _mark(self, now_ms: int) -> list[Expired]:
         """Mark a batch of due objects "expiring"; they are no longer served."""
-        due = (objects.c.created_ms + coffer_lifecycles.c.days * DAY_MS).label("due")
-        query = (sa.select(objects.c.id, objects.c.key, objects.c.size, objects.c.created_ms,
-                           coffers.c.name, due)
-                 .join(coffers, coffers.c.id == objects.c.coffer_id)
-                 .join(coffer_lifecycles, coffer_lifecycles.c.coffer_id == coffers.c.id)
-                 .where((objects.c.state == STORED) & (due <= now_ms))
-                 .order_by(objects.c.id).limit(BATCH))
         with self.db.write() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(_DUE, {"now": now_ms}).all()
             if rows:
                 conn.execute(objects.update().where(
                     objects.c.id.in_([r.id for r in rows]) & (objects.c.state == STORED))

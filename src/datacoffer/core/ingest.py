@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
@@ -110,24 +110,6 @@ async def _keep_renewing(renew: Callable[[], bool], period: float, resource: str
             return
 
 
-async def paced(body: AsyncIterable[bytes], idle_timeout: float, resource: str
-                ) -> AsyncIterator[bytes]:
-    """The chunks of a request body; InvalidArgument when none arrives for `idle_timeout`
-    seconds (a stalled client must not hold its key, lock or connection for ever)."""
-    chunks = aiter(body)
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise CdcsError("InvalidArgument",
-                            f"No body bytes arrived for {idle_timeout:g} seconds; the "
-                            "request was abandoned.", resource=resource) from None
-        yield chunk
-
-
 async def _pump(body: AsyncIterator[bytes], blob: BlobWriter | SealedBlob, md5: hashlib._Hash,
                 sha: hashlib._Hash, length: int, resource: str, idle_timeout: float) -> None:
     """Move the body into the blob, hashing it, in batches run off the event loop.
@@ -148,8 +130,18 @@ async def _pump(body: AsyncIterator[bytes], blob: BlobWriter | SealedBlob, md5: 
     pending: asyncio.Future[None] | None = None  # the batch being hashed and written
     buf = bytearray()
     received = 0
+    chunks = aiter(body)
     try:
-        async for chunk in paced(body, idle_timeout, resource):
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise CdcsError("InvalidArgument",
+                                f"No body bytes arrived for {idle_timeout:g} seconds; the "
+                                "upload was abandoned.", resource=resource) from None
             received += len(chunk)
             if received > length:
                 raise CdcsError("InvalidArgument", "The body is longer than Content-Length.",

@@ -12,12 +12,11 @@ import hmac
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
 from datacoffer.core import policy
-from datacoffer.core.clock import now_ms
+from datacoffer.core.clock import iso8601, now_ms
 from datacoffer.core.identities import (
     ApiKey,
     Identities,
@@ -55,10 +54,6 @@ class TempCredentials:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Tokens:
@@ -102,7 +97,7 @@ class Tokens:
         if row.revoked:
             raise TokenRefused(f"{tmp_secret_id} was revoked")
         if row.expires_ms <= now_ms():
-            raise TokenRefused(f"{tmp_secret_id} expired at {_when(row.expires_ms)}")
+            raise TokenRefused(f"{tmp_secret_id} expired at {iso8601(row.expires_ms)}")
         inline = policy.stored(row.policy, inline=True) if row.policy else None
         secret = self.root_key.open(row.sealed_key, tmp_secret_id).decode()
         return ApiKey(tmp_secret_id, secret, True, identity_of(row, inline))
