@@ -30,8 +30,11 @@ class ServerProcess:
     """One server on 127.0.0.1 with its own data directory."""
 
     def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None,
-                 config: Path | None = None) -> None:
+                 config: Path | None = None, background: bool = True) -> None:
+        """`background=False` starts it with `serve --no-background`: no lifecycle,
+        replication or scrub worker of its own (the tests run passes with `admin run`)."""
         self.data_dir = data_dir
+        self.background = background
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.config = config
@@ -79,6 +82,8 @@ class ServerProcess:
         cmd = [*BIN, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.config:
             cmd += ["--config", str(self.config)]
+        if not self.background:
+            cmd.append("--no-background")
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 30

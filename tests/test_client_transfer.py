@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -385,9 +386,10 @@ def store_and_damage(own: Own, tmp_path: Path, key: str, data: bytes,
                  errors.InternalError, id="multipart-part"),
     # a larger whole object streams: the server cuts the connection at the damage
     pytest.param(2 * MiB, None, 1, None, errors.TransportError, id="large-simple-one-get"),
-    # ranges are not checked by the server (they cover no whole part): the client's SHA-256
+    # ranges are checked by the server too, by the chunk CRC-32s: a range of up to 1 MiB is
+    # read before its answer starts, so the damaged one is a 500
     pytest.param(2 * MiB, None, 1, TransferConfig(threshold=MiB, part_size=MiB // 2),
-                 errors.ChecksumMismatch, id="large-simple-ranges"),
+                 errors.InternalError, id="large-simple-ranges"),
 ])
 def test_damaged_data_is_detected_and_leaves_no_file(own, tmp_path, size, config, damaged,
                                                      download, expected):
@@ -402,12 +404,28 @@ def test_damaged_data_is_detected_and_leaves_no_file(own, tmp_path, size, config
     if expected is errors.InternalError:
         assert caught.value.status == 500
         assert isinstance(caught.value, errors.ServerFailure)
-    if expected is errors.ChecksumMismatch:
-        found = re.fullmatch(rf"SHA-256 of {re.escape(key)}: the server reports "
-                             rf"'{sha256(data)}', the local data gives '([0-9a-f]{{64}})'",
-                             str(caught.value))
-        assert found is not None, str(caught.value)
-        assert found.group(1) != sha256(data)
+    assert listing(out) == []
+
+
+def test_damage_the_server_cannot_see_is_caught_by_the_client(own, tmp_path):
+    """A blob written before chunk CRC-32s existed (schema version 7) has only its SHA-256:
+    ranges of it cannot be checked by the server, so the client's own SHA-256 of the whole
+    download must catch the damage (and leave no file)."""
+    key = "damaged-old-blob"
+    data = os.urandom(2 * MiB)
+    store_and_damage(own, tmp_path, key, data, None, 1)
+    with sqlite3.connect(own.srv.data_dir / "metadata.db") as db:
+        assert db.execute("UPDATE objects SET crcs = NULL WHERE key = ?", (key,)).rowcount == 1
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(errors.ChecksumMismatch) as caught:
+        own.sdk.download_file(own.coffer, key, out / "copy.bin",
+                              config=TransferConfig(threshold=MiB, part_size=MiB // 2))
+    found = re.fullmatch(rf"SHA-256 of {re.escape(key)}: the server reports "
+                         rf"'{sha256(data)}', the local data gives '([0-9a-f]{{64}})'",
+                         str(caught.value))
+    assert found is not None, str(caught.value)
+    assert found.group(1) != sha256(data)
     assert listing(out) == []
 
 

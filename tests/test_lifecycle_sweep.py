@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import httpx
 import pytest
@@ -47,20 +46,6 @@ _names = itertools.count(1)
 # -- servers -------------------------------------------------------------------------------
 
 
-class QuietServer(ServerProcess):
-    """A server started with `serve --no-background`: it runs no sweeper of its own."""
-
-    def start(self) -> None:
-        popen = subprocess.Popen
-
-        def no_background(cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-            assert cmd[len(BIN)] == "serve", cmd
-            return popen([*cmd, "--no-background"], **kw)
-
-        with mock.patch.object(subprocess, "Popen", no_background):
-            super().start()
-
-
 def config_file(base: Path) -> Path:
     """Sweeps every second (when the server runs its workers); many coffers per account."""
     path = base / "datacoffer.toml"
@@ -68,8 +53,8 @@ def config_file(base: Path) -> Path:
     return path
 
 
-def start(cls: type[ServerProcess], base: Path) -> ServerProcess:
-    srv = cls(base / "data", config=config_file(base))
+def start(base: Path, *, background: bool) -> ServerProcess:
+    srv = ServerProcess(base / "data", config=config_file(base), background=background)
     srv.start()
     return srv
 
@@ -112,7 +97,7 @@ class World:
 def quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A `serve --no-background` server (lifecycle_interval = 1 in its configuration, unused):
     only `admin run lifecycle` and the server's start expire anything here."""
-    srv = start(QuietServer, tmp_path_factory.mktemp("lc-quiet"))
+    srv = start(tmp_path_factory.mktemp("lc-quiet"), background=False)
     world = World.create(srv, "1250000000", "100000000001")
     yield world
     world.close()
@@ -122,7 +107,7 @@ def quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(scope="module")
 def sweeping(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A server with its background sweeper running every second (lifecycle_interval = 1)."""
-    srv = start(ServerProcess, tmp_path_factory.mktemp("lc-sweeping"))
+    srv = start(tmp_path_factory.mktemp("lc-sweeping"), background=True)
     world = World.create(srv, "1250000000", "100000000001")
     yield world
     world.close()
@@ -519,7 +504,7 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    srv = start(QuietServer, tmp_path_factory.mktemp("lc-scenario"))
+    srv = start(tmp_path_factory.mktemp("lc-scenario"), background=False)
     worlds = {"a": World.create(srv, "1250000000", "100000000001"),
               "b": World.create(srv, "1250000001", "100000000002")}
     coffers = {role: worlds[who].coffer(days, encrypt_type=encrypt, regions=regions)

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from datacoffer.core import audit
 from datacoffer.core.coffers import Coffers, CofferSpec
 from datacoffer.core.identities import Identities
 from datacoffer.core.keyring import Keyring
@@ -25,7 +26,13 @@ from datacoffer.errors import CdcsError
 from datacoffer.kms import KmsError
 from datacoffer.kms.builtin import BuiltinKms
 from datacoffer.meta import db as dbmod
-from datacoffer.meta.schema import metadata, schema_version
+from datacoffer.meta.schema import (
+    metadata,
+    object_copies,
+    objects,
+    replication_queue,
+    schema_version,
+)
 from datacoffer.rootkey import SealingKey
 from datacoffer.storage.blobs import RegionStore
 
@@ -91,6 +98,44 @@ def test_version_1_store_gains_the_multipart_tables(tmp_path):
         assert {"uploads", "parts"} <= set(sa.inspect(conn).get_table_names())
     assert identities.get("100000000001") is not None
     db.close()
+
+
+def test_version_6_store_gains_replication_audit_and_crcs(database):
+    """A store written before replication (schema version 6) is brought to version 7: the
+    new tables, the chunk-CRC columns (empty for the blobs it holds), an empty audit chain
+    ready for appends, and a copy owed to every other Location of each stored object."""
+    identities = Identities(database, SealingKey(secrets.token_bytes(32)))
+    key = identities.create_account("1250000000", "100000000001")
+    regions = ("ap-tianjin", "ap-shanghai", "ap-guangzhou")
+    coffer = Coffers(database, regions, max_coffers=5).create(
+        key.identity, "old-1250000000", CofferSpec(regions))
+    with database.write() as conn:  # an object stored before version 7, in its primary
+        for n, state in enumerate(("stored", "stored", "multipart")):
+            object_id = conn.execute(objects.insert(), {
+                "coffer_id": coffer.id, "key": f"k{n}", "state": state,
+                "writer_uin": "100000000001", "blob_id": f"b{n}", "created_ms": 1}
+            ).inserted_primary_key[0]
+            if state == "stored":
+                conn.execute(object_copies.insert(), {"object_id": object_id,
+                                                      "region": "ap-tianjin", "created_ms": 1})
+        conn.execute(object_copies.insert(), {"object_id": object_id - 1,  # (k1)
+                                              "region": "ap-guangzhou", "created_ms": 1})
+        for table in ("replication_queue", "integrity_findings", "audit_log", "audit_head"):
+            conn.execute(sa.text(f"DROP TABLE {table}"))
+        for table in ("objects", "parts"):
+            conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN crcs"))
+        conn.execute(schema_version.update().values(version=6))
+    assert database.migrate() == 6
+    with database.read() as conn:
+        owed = conn.execute(sa.select(objects.c.key, replication_queue.c.region).join(
+            objects, objects.c.id == replication_queue.c.object_id)).all()
+        assert sorted(tuple(row) for row in owed) == [("k0", "ap-guangzhou"), ("k0", "ap-shanghai"),
+                                ("k1", "ap-shanghai")]
+        assert conn.execute(sa.select(objects.c.crcs)).scalars().all() == [None] * 3
+    assert audit.head(database) == (0, audit.GENESIS)
+    with database.write() as conn:
+        audit.append(conn, [audit.AuditEntry(1, "r", "-", "-", "PutObject", "c/k", 200, "OK")])
+    assert audit.verify(database).entries == 1
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -789,8 +789,8 @@ def test_damaged_part_of_a_small_object_is_refused(small):
     log_before = len(srv.log())
     for _ in range(2):  # and again: nothing remembers a damaged read as good
         assert_error(c.get(f"/{coffer}/{key}"), 500, "InternalError", f"{coffer}/{key}")
-    wait_until(lambda: "SHA-256 mismatch" in srv.log()[log_before:],
-               what="the server log to report the SHA-256 mismatch")
+    wait_until(lambda: f"damaged copy of {coffer}/{key} in region ap-tianjin"
+               in srv.log()[log_before:], what="the server log to report the damaged copy")
     head = s.head_object(coffer, key)
     assert f'"{head.etag}"' == etag
     assert head.sha256 == composite_sha256(staged.data())
@@ -825,8 +825,8 @@ def test_damaged_part_of_a_large_object_is_cut_off(small, damaged):
                     got += chunk
         assert len(got) < size  # never the complete body
         assert bytes(got) == on_disk[:len(got)]
-    wait_until(lambda: "SHA-256 mismatch" in srv.log()[log_before:],
-               what="the server log to report the SHA-256 mismatch")
+    wait_until(lambda: f"damaged copy of {coffer}/{key} in region ap-tianjin"
+               in srv.log()[log_before:], what="the server log to report the damaged copy")
     # the server is still healthy
     s.put_object(coffer, f"after-{key}", b"fine")
     assert fetch(s, coffer, f"after-{key}") == b"fine"

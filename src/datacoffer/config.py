@@ -61,6 +61,23 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     #: seconds between two passes of the lifecycle sweeper (`serve` without --no-background)
     lifecycle_interval: int = 600
+    #: seconds between two looks at the replication queue when it has nothing due
+    replication_interval: int = 1
+    #: objects copied to other regions at once
+    replication_workers: int = 2
+    #: longest wait before a failed copy is tried again, seconds (the back-off doubles up
+    #: to this from 1 s)
+    replication_retry_max: int = 300
+    #: bytes a second that replication reads, all workers together; 0 is no limit
+    replication_rate: int = 0
+    #: bytes a second that the scrubber reads (also `admin run scrub`); 0 is no limit
+    scrub_rate: int = 16 * 1024 * 1024
+    #: seconds from the end of one background scrub pass to the start of the next
+    scrub_interval: int = 86400
+    #: addresses or CIDR blocks that may read /metrics without a signature
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    #: UINs whose signed requests may read /metrics from anywhere
+    metrics_uins: tuple[str, ...] = ()
 
     def region_path(self, region: str) -> Path:
         path = Path(self.regions[region])
@@ -86,18 +103,20 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, dict) or not value:
             raise ConfigError("regions: expected a table of region name = directory")
         return {str(k): str(v) for k, v in value.items()}
-    if name == "trusted_proxies":
+    if name in ("trusted_proxies", "metrics_allow", "metrics_uins"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            raise ConfigError("trusted_proxies: expected a list of addresses or CIDR blocks")
-        proxies = tuple(i.strip() for i in items if i.strip())
-        for item in proxies:  # (parsed as the server parses them, http/peer.py)
-            try:
+            raise ConfigError(f"{name}: expected a list of "
+                              + ("UINs" if name == "metrics_uins" else
+                                 "addresses or CIDR blocks"))
+        listed = tuple(i.strip() for i in items if i.strip())
+        for item in listed if name != "metrics_uins" else ():
+            try:  # (parsed as the server parses them, http/peer.py)
                 parse_network(item)
             except ConditionError:
-                raise ConfigError(f"trusted_proxies: {item!r} is not an address or "
+                raise ConfigError(f"{name}: {item!r} is not an address or "
                                   "CIDR block") from None
-        return proxies
+        return listed
     if name in _INT_FIELDS:
         if isinstance(value, bool | float):  # int(True) == 1, int(8.9) == 8: refuse both
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")
@@ -129,10 +148,15 @@ def load(config_file: str | Path | None = None, **flags: Any) -> Settings:
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
-    if min(settings.max_coffers, settings.lease_seconds, settings.body_timeout,
-           settings.min_part_size, settings.kmip_timeout, settings.lifecycle_interval) < 1:
-        raise ConfigError("max_coffers, lease_seconds, body_timeout, min_part_size, "
-                          "kmip_timeout and lifecycle_interval must be at least 1")
+    at_least_one = ("max_coffers", "lease_seconds", "body_timeout", "min_part_size",
+                    "kmip_timeout", "lifecycle_interval", "replication_interval",
+                    "replication_workers", "replication_retry_max", "scrub_interval")
+    for name in at_least_one:
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    for name in ("replication_rate", "scrub_rate"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must be 0 (no limit) or more")
     if settings.kms not in ("builtin", "kmip"):
         raise ConfigError(f"kms: expected \"builtin\" or \"kmip\", got {settings.kms!r}")
     if settings.kms == "kmip":

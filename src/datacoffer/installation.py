@@ -20,7 +20,9 @@ from datacoffer.core.lifecycles import Lifecycles
 from datacoffer.core.locks import RecordLocks
 from datacoffer.core.objects import Objects
 from datacoffer.core.policies import Policies
+from datacoffer.core.replication import Replication
 from datacoffer.core.roles import Roles
+from datacoffer.core.scrub import Scrubber
 from datacoffer.core.tokens import Tokens
 from datacoffer.core.uploads import Uploads
 from datacoffer.kms import Kms
@@ -54,6 +56,8 @@ class Installation:
     policies: Policies
     lifecycles: Lifecycles
     expiry: Expiry
+    replication: Replication
+    scrubber: Scrubber
     tokens: Tokens
     #: whether this open created the installation (first start)
     is_new: bool
@@ -113,6 +117,10 @@ class Installation:
         locks = RecordLocks(db, objects.holder, objects.lapsed,
                             lease_seconds=settings.body_timeout + 10)
         policies = Policies(db, locks, tuple(settings.regions))
+        replication = Replication(db, coffers, objects, keyring,
+                                  workers=settings.replication_workers,
+                                  retry_max_seconds=settings.replication_retry_max,
+                                  rate=settings.replication_rate)
         return cls(
             settings=settings,
             db=db,
@@ -128,6 +136,9 @@ class Installation:
             policies=policies,
             lifecycles=Lifecycles(locks),
             expiry=Expiry(db, objects),
+            replication=replication,
+            scrubber=Scrubber(db, coffers, objects, keyring, replication,
+                              rate=settings.scrub_rate),
             tokens=Tokens(identities),
             is_new=found == 0,
         )

@@ -11,15 +11,23 @@ import click
 import sqlalchemy as sa
 
 from datacoffer import __version__
+from datacoffer.cli import admin_audit
 from datacoffer.cli.admin_keys import kms, role
 from datacoffer.cli.admin_run import run
 from datacoffer.cli.admin_tokens import token
 from datacoffer.cli.options import data_dir_option, emit, fail, installation
+from datacoffer.core import audit, copies
+from datacoffer.core.clock import iso8601, now_ms
 from datacoffer.core.coffers import MULTIPART, STORED, WRITING
 from datacoffer.core.identities import ApiKey
 from datacoffer.installation import Installation
 from datacoffer.meta.db import LATEST
-from datacoffer.meta.schema import coffers, object_copies, objects
+from datacoffer.meta.schema import (
+    coffers,
+    object_copies,
+    objects,
+    replication_queue,
+)
 
 
 def _read_password(wanted: bool) -> str | None:
@@ -47,6 +55,7 @@ admin.add_command(kms)
 admin.add_command(role)
 admin.add_command(token)
 admin.add_command(run)
+admin.add_command(admin_audit.audit)
 
 
 @admin.group()
@@ -172,22 +181,31 @@ def whitelist_list(data_dir: str | None, config_file: str | None) -> None:
         emit(inst.identities.whitelist())
 
 
+def _count_by(conn: sa.Connection, column: sa.Column[str]) -> dict[str, int]:
+    """Rows of the column's table, counted by the column's value."""
+    return {value: n for value, n in conn.execute(
+        sa.select(column, sa.func.count()).group_by(column))}
+
+
 def _status(inst: Installation) -> dict[str, Any]:
     with inst.db.read() as conn:
         count = sa.func.count()
         n_coffers = conn.execute(sa.select(count).select_from(coffers)).scalar_one()
-        by_state = dict(conn.execute(sa.select(objects.c.state, count).group_by(objects.c.state))
-                        .tuples().all())
+        by_state = _count_by(conn, objects.c.state)
         stored_bytes = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(objects.c.size), 0))
                                     .where(objects.c.state == STORED)).scalar_one()
-        per_region = dict(conn.execute(
-            sa.select(object_copies.c.region, count).group_by(object_copies.c.region))
-            .tuples().all())
+        per_region = _count_by(conn, object_copies.c.region)
+        owed = _count_by(conn, replication_queue.c.region)
     regions = []
     for name, store in inst.stores.items():
         usage = shutil.disk_usage(store.root)
         regions.append({"Name": name, "Path": str(store.root.resolve()),
-                        "Objects": per_region.get(name, 0), "FreeBytes": usage.free})
+                        "Objects": per_region.get(name, 0), "Owed": owed.get(name, 0),
+                        "FreeBytes": usage.free})
+    lag = inst.replication.lag()
+    found, unrepaired, latest = copies.findings(inst.db)
+    entries, head_hash = audit.head(inst.db)
+    now = now_ms()
     return {
         "Version": __version__,
         "DataDir": str(inst.settings.data_dir.resolve()),
@@ -199,12 +217,24 @@ def _status(inst: Installation) -> dict[str, Any]:
                    "bytes": int(stored_bytes),  # PostgreSQL sums a BIGINT as NUMERIC
                    "uploads_in_progress": by_state.get(WRITING, 0),
                    "multipart_uploads": by_state.get(MULTIPART, 0)},
+        "Replication": {"Pending": lag.pending, "Failing": lag.failing,
+                        "LagSeconds": round(lag.seconds(now), 3),
+                        "Oldest": iso8601(lag.oldest_ms) if lag.oldest_ms else None},
+        "Audit": {"Entries": entries, "HeadHash": head_hash},
+        "Integrity": {"Findings": found, "Unrepaired": unrepaired,
+                      "Latest": [{"Found": iso8601(f.found_ms), "FoundBy": f.found_by,
+                                  "Coffer": f.coffer, "Key": f.key, "Region": f.region,
+                                  "Problem": f.problem,
+                                  "Repaired": iso8601(f.repaired_ms) if f.repaired_ms
+                                  else None} for f in latest]},
     }
 
 
 @admin.command("status")
 @data_dir_option
 def status(data_dir: str | None, config_file: str | None) -> None:
-    """Regions, their free space and object counts, and the installation's totals."""
+    """Regions, their free space and object counts, the installation's totals, the
+    replication queue (copies still owed to regions, the age of the oldest) and damaged
+    copies found by reads, replication and the scrubber (the latest ten)."""
     with installation(data_dir, config_file) as inst:
         emit(_status(inst))

@@ -40,15 +40,23 @@ def cat(session: Session, source: Remote, byte_range: str | None) -> None:
 
 @click.command("stat")
 @click.argument("target", type=RemoteType())
+@click.option("--regions", "regions", is_flag=True,
+              help="Also show which of the coffer's regions hold a copy of the object yet "
+                   "(a copy reaches the other regions shortly after the upload).")
 @client_command
-def stat(session: Session, target: Remote) -> None:
-    """Show an object's size, checksums, type, time and encryption, or a coffer's settings.
+def stat(session: Session, target: Remote, regions: bool) -> None:
+    """Show an object's size, checksums, type, time, expiration and encryption, or a
+    coffer's settings.
 
     \b
     Examples:
       datacoffer stat dc://reports-1250000000/2026/q3.pdf
+      datacoffer stat --regions dc://reports-1250000000/2026/q3.pdf
       datacoffer stat --json dc://reports-1250000000
     """
+    if regions and not target.key:
+        usage("--regions tells where an object's copies are: name an object, "
+              "dc://COFFER/KEY")
     client = session.client
     if not target.key:
         page = client.get_coffer(target.coffer, max_keys=1)
@@ -62,6 +70,9 @@ def stat(session: Session, target: Remote) -> None:
                "SHA256": info.sha256, "Parts": info.parts_count or 1,
                "ContentType": info.content_type, "LastModified": info.last_modified,
                "EncryptType": info.encrypt_type, "Expiration": info.expiration}
+        if regions:
+            held = client.object_regions(target.coffer, target.key)
+            doc["Regions"] = {name: "copy" if has else "pending" for name, has in held.items()}
     if session.json:
         session.emit(doc)
         return
@@ -73,6 +84,8 @@ def stat(session: Session, target: Remote) -> None:
             value = when(value) + " UTC"  # type: ignore[arg-type]
         elif isinstance(value, list):
             value = ", ".join(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{region} ({state})" for region, state in value.items())
         session.say(f"{name:<{width}}  {value}")
 
 

@@ -60,8 +60,9 @@ def _configure_logging(level: str) -> None:
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="PEM private key of --tls-cert.")
 @click.option("--no-background", is_flag=True,
-              help="Run no background worker (the lifecycle sweeper; later replication "
-                   "and scrub): `datacoffer admin run lifecycle` does one pass instead.")
+              help="Run no background worker (lifecycle sweeper, replication, scrub): "
+                   "`datacoffer admin run lifecycle|replication|scrub` does one pass "
+                   "instead.")
 def serve(data_dir: str | None, config_file: str | None, host: str | None, port: int | None,
           tls_cert: str | None, tls_key: str | None, no_background: bool) -> None:
     """Run the Data Coffer server.

@@ -113,8 +113,8 @@ class Client:
             raise credentials.CredentialsError(
                 f"the endpoint must be an http:// or https:// URL, not {self.profile.endpoint!r}")
         netloc = base.netloc.decode("ascii")
-        #: the Host header: `cdcs.<region>.<host>` addresses a region (api.md)
-        self.host = f"cdcs.{self.profile.region}.{netloc}" if self.profile.region else netloc
+        self._netloc = netloc
+        self.host = self.region_host(self.profile.region)
         self.endpoint = f"{base.scheme}://{netloc}"
         self._http = httpx.Client(
             # waiting for a free pooled connection is not a failure: transfers queue for them
@@ -122,6 +122,10 @@ class Client:
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
             headers={"Accept-Encoding": "identity"}, verify=verify, follow_redirects=False)
+
+    def region_host(self, region: str | None) -> str:
+        """The Host header: `cdcs.<region>.<host>` addresses a region (api.md)."""
+        return f"cdcs.{region}.{self._netloc}" if region else self._netloc
 
     def __repr__(self) -> str:
         return f"Client({self.endpoint!r}, secret_id={self.profile.secret_id!r})"
@@ -141,9 +145,11 @@ class Client:
     def request(self, method: str, coffer: str = "", key: str = "", *,
                 params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
                 body: Body | None = None, once: Iterable[bytes] | None = None,
-                idempotent: bool | None = None, stream: bool = False) -> httpx.Response:
-        """Send one signed request, retrying as `RetryPolicy` allows; raise the error class of
-        an error answer. `once` is a body that can be sent only once (never retried)."""
+                idempotent: bool | None = None, stream: bool = False,
+                retry: bool = True) -> httpx.Response:
+        """Send one signed request, retrying as `RetryPolicy` allows (unless `retry` is
+        false); raise the error class of an error answer. `once` is a body that can be sent
+        only once (never retried)."""
         params = params or {}
         path, raw = self._target(coffer, key, params)
         idempotent = method in IDEMPOTENT if idempotent is None else idempotent
@@ -166,7 +172,8 @@ class Client:
                     return response
                 raise self._failure(response, path[1:])
             except (errors.ServiceError, httpx.TransportError) as failure:
-                if once is not None or not self.retry.should_retry(attempt, failure,
+                if once is not None or not retry or not self.retry.should_retry(
+                        attempt, failure,
                                                                    idempotent=idempotent):
                     if isinstance(failure, httpx.TransportError):
                         raise errors.TransportError(
@@ -323,6 +330,19 @@ class Client:
                     part_number: int | None = None) -> models.ObjectInfo:
         params = {"partNumber": str(part_number)} if part_number is not None else {}
         return parse.object_info(self.request("HEAD", coffer, key, params=params).headers)
+
+    def object_regions(self, coffer: str, key: str) -> dict[str, bool]:
+        """Which of the coffer's Locations hold a copy of the object yet: a HeadObject
+        addressed to each region, whose DataSynchronization means "not yet" (not retried)."""
+        held = {}
+        for region in self.get_coffer(coffer, max_keys=1).locations:
+            try:
+                self.request("HEAD", coffer, key, retry=False,
+                             headers={"Host": self.region_host(region)})
+                held[region] = True
+            except errors.DataSynchronization:
+                held[region] = False
+        return held
 
     # -- multipart uploads -------------------------------------------------------------------
 

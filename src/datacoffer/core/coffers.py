@@ -12,7 +12,13 @@ from datacoffer.core.identities import Identity
 from datacoffer.core.lifecycle import DAY_MS
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffer_lifecycles, coffer_policies, coffers, objects
+from datacoffer.meta.schema import (
+    coffer_lifecycles,
+    coffer_policies,
+    coffers,
+    objects,
+    replication_queue,
+)
 from datacoffer.names import split_coffer_name
 
 STORED = "stored"
@@ -100,6 +106,7 @@ _WITH_POLICY = sa.select(
     .outerjoin(coffer_lifecycles, coffer_lifecycles.c.coffer_id == coffers.c.id))
 #: Built once: composing a statement costs more than running it.
 _BY_NAME = _WITH_POLICY.where(coffers.c.name == sa.bindparam("name"))
+_BY_ID = _WITH_POLICY.where(coffers.c.id == sa.bindparam("id"))
 
 
 class Coffers:
@@ -109,8 +116,14 @@ class Coffers:
         self.max_coffers = max_coffers
 
     def get(self, name: str) -> Coffer | None:
+        return self._one(_BY_NAME, {"name": name})
+
+    def by_id(self, coffer_id: int) -> Coffer | None:
+        return self._one(_BY_ID, {"id": coffer_id})
+
+    def _one(self, statement: sa.Select, params: dict[str, object]) -> Coffer | None:
         with self.db.engine.connect() as conn:
-            row = conn.execute(_BY_NAME, {"name": name}).first()
+            row = conn.execute(statement, params).first()
         return _row_to_coffer(row) if row else None
 
     def owned_by(self, account_uin: str) -> list[Coffer]:
@@ -185,6 +198,11 @@ class Coffers:
         with self.db.write() as conn:
             conn.execute(sa.select(coffers.c.id).where(coffers.c.id == coffer.id)
                          .with_for_update())
+            if conn.execute(sa.select(replication_queue.c.object_id).where(
+                    replication_queue.c.coffer_id == coffer.id).limit(1)).first():
+                raise CdcsError("DataSynchronization",
+                                "Objects of this coffer are still being copied to its other "
+                                "regions; retry later.", resource=coffer.name)
             states = {r.state for r in conn.execute(
                 sa.select(objects.c.state).where(objects.c.coffer_id == coffer.id).distinct())}
             if STORED in states:

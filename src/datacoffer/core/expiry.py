@@ -10,10 +10,12 @@ every pass finishes those first, and so does the server's start.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from datacoffer.core import audit, clock
 from datacoffer.core.coffers import EXPIRING, STORED
 from datacoffer.core.lifecycle import DAY_MS
 from datacoffer.core.objects import Objects
@@ -77,13 +79,18 @@ class Expiry:
             expired += batch
 
     def _mark(self, now_ms: int) -> list[Expired]:
-        """Mark a batch of due objects "expiring"; they are no longer served."""
+        """Mark a batch of due objects "expiring" (they are no longer served) and write their
+        deletions to the audit log, in one transaction."""
+        pass_id = f"lifecycle-{secrets.token_hex(8)}"
         with self.db.write() as conn:
             rows = conn.execute(_DUE, {"now": now_ms}).all()
             if rows:
                 conn.execute(objects.update().where(
                     objects.c.id.in_([r.id for r in rows]) & (objects.c.state == STORED))
                     .values(state=EXPIRING))
+                audit.append(conn, [audit.AuditEntry(
+                    clock.now_ms(), pass_id, "lifecycle", "-", "LifecycleExpire",
+                    f"{r.name}/{r.key}", 204, "OK") for r in rows])
         return [Expired(r.name, r.key, r.size, r.created_ms, r.due) for r in rows]
 
     def finish(self) -> int:

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import anyio
 
+from datacoffer.core.checksums import ChunkCrcs
 from datacoffer.crypto.envelope import Sealer
 from datacoffer.errors import CdcsError
 from datacoffer.storage.blobs import BlobWriter, RegionStore
@@ -56,6 +57,8 @@ class Digest:
     size: int
     md5: bytes
     sha256: str
+    #: the chunk CRC-32s of a plain blob (`checksums.ChunkCrcs`); empty when encrypted
+    crcs: bytes = b""
 
     @property
     def etag(self) -> str:
@@ -79,13 +82,15 @@ async def write_leased(
         plain = await anyio.to_thread.run_sync(store.create, blob_id)
         blob = plain if sealer is None else SealedBlob(plain, sealer)
         md5, sha = hashlib.md5(), hashlib.sha256()
-        await _pump(body, blob, md5, sha, length, resource, idle_timeout)
+        crcs = ChunkCrcs() if sealer is None else None
+        await _pump(body, blob, (md5, sha, crcs), length, resource, idle_timeout)
         if content_md5 is not None and md5.digest() != content_md5:
             raise CdcsError("InvalidArgument", "Content-MD5 does not match the bytes received.",
                             resource=resource)
         await anyio.to_thread.run_sync(blob.commit)
         renewer.cancel()
-        digest = Digest(length, md5.digest(), sha.hexdigest())
+        digest = Digest(length, md5.digest(), sha.hexdigest(),
+                        crcs.digest() if crcs is not None else b"")
         return await anyio.to_thread.run_sync(finish, digest)
     except BaseException:
         renewer.cancel()
@@ -110,21 +115,29 @@ async def _keep_renewing(renew: Callable[[], bool], period: float, resource: str
             return
 
 
-async def _pump(body: AsyncIterator[bytes], blob: BlobWriter | SealedBlob, md5: hashlib._Hash,
-                sha: hashlib._Hash, length: int, resource: str, idle_timeout: float) -> None:
+async def _pump(body: AsyncIterator[bytes], blob: BlobWriter | SealedBlob,
+                sums: tuple[hashlib._Hash, hashlib._Hash, ChunkCrcs | None], length: int,
+                resource: str, idle_timeout: float) -> None:
     """Move the body into the blob, hashing it, in batches run off the event loop.
 
     While one batch is written and hashed in a worker thread, the next is received. A client
     that sends nothing for `idle_timeout` seconds loses its upload (and the key it held).
     """
 
+    md5, sha, crcs = sums
+
     def digest_and_write(data: bytearray) -> None:
         sha.update(data)
         blob.write(data)
 
+    def md5_and_crcs(data: bytearray) -> None:
+        md5.update(data)
+        if crcs is not None:
+            crcs.update(data)
+
     async def step(data: bytearray) -> None:
         # MD5 and SHA-256 each take a core's time per byte: run them side by side.
-        await asyncio.gather(anyio.to_thread.run_sync(md5.update, data),
+        await asyncio.gather(anyio.to_thread.run_sync(md5_and_crcs, data),
                              anyio.to_thread.run_sync(digest_and_write, data))
 
     pending: asyncio.Future[None] | None = None  # the batch being hashed and written

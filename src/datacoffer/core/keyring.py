@@ -16,7 +16,14 @@ from collections.abc import Callable
 
 from datacoffer.core.coffers import Coffer
 from datacoffer.core.roles import Roles
-from datacoffer.crypto.envelope import KEY_BYTES, WRAP_KMS, WRAP_MASTER, Header, Sealer
+from datacoffer.crypto.envelope import (
+    KEY_BYTES,
+    WRAP_KMS,
+    WRAP_MASTER,
+    DecryptError,
+    Header,
+    Sealer,
+)
 from datacoffer.errors import CdcsError
 from datacoffer.kms import Kms, KmsError
 from datacoffer.rootkey import SealingKey
@@ -104,7 +111,10 @@ class Keyring:
         def unwrap(header: Header) -> bytes:
             if header.wrap_kind == WRAP_MASTER:
                 assert self.master is not None
-                return self.master.open(header.wrapped_key, _MASTER_CONTEXT)
+                try:
+                    return self.master.open(header.wrapped_key, _MASTER_CONTEXT)
+                except ValueError:  # (the master key is checked at start: the blob is bad)
+                    raise DecryptError("its wrapped data key does not open") from None
             if header.key_id != coffer.key_id:
                 raise self._failed(coffer.name, "A blob names another KMS key than its coffer.",
                                    f"blob key {header.key_id}")

@@ -10,7 +10,6 @@ reclaimed, its files removed, and the key is free again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -23,9 +22,11 @@ import sqlalchemy as sa
 
 from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import EXPIRING, STORED, WRITING, Coffer
+from datacoffer.core.copies import record_stored, report_damage
 from datacoffer.core.identities import Identity
 from datacoffer.core.ingest import write_leased
 from datacoffer.core.keyring import KeyOpener, Keyring
+from datacoffer.core.reading import Blob, CorruptData, checked_bytes
 from datacoffer.crypto import envelope
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
@@ -49,6 +50,9 @@ class StoredObject:
     writer_uin: str
     blob_id: str
     encrypt_type: int
+    coffer_id: int
+    #: chunk CRC-32s of a simple plain object's blob (core/checksums.py)
+    crcs: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,6 @@ class Reservation:
     key: str
     blob_id: str
     writer_uin: str
-
-
-class CorruptData(Exception):
-    """Stored bytes do not match their recorded SHA-256."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -86,10 +86,11 @@ _CANCEL = objects.delete().where(_MINE)
 _FINISH = objects.update().where(_MINE).values(
     state=STORED, size=sa.bindparam("b_size"), etag=sa.bindparam("b_etag"),
     sha256=sa.bindparam("b_sha256"), content_type=sa.bindparam("b_content_type"),
+    crcs=sa.bindparam("b_crcs"),
     created_ms=sa.bindparam("b_created"), holder="", lease_until_ms=0)
 #: The parts that make a completed multipart object, in order.
 _SEGMENTS = (
-    sa.select(parts.c.blob_id, parts.c.size, parts.c.sha256)
+    sa.select(parts.c.blob_id, parts.c.size, parts.c.sha256, parts.c.crcs)
     .join(uploads, uploads.c.upload_id == parts.c.upload_id)
     .where((uploads.c.object_id == sa.bindparam("object_id")) & (parts.c.state == STORED))
     .order_by(parts.c.part_number))
@@ -202,22 +203,22 @@ class Objects:
         self.remove_blob(res.blob_id)
 
     def finish(self, res: Reservation, *, size: int, etag: str, sha256: str,
-               content_type: str) -> StoredObject:
+               content_type: str, crcs: bytes = b"") -> StoredObject:
         """Make a committed blob the object of its key (the blob is already durable)."""
         created = now_ms()
         with self.db.write() as conn:
             result = conn.execute(_FINISH, {
                 "object_id": res.object_id, "me": self.holder, "b_size": size, "b_etag": etag,
-                "b_sha256": sha256, "b_content_type": content_type, "b_created": created})
+                "b_sha256": sha256, "b_content_type": content_type, "b_crcs": crcs,
+                "b_created": created})
             if result.rowcount != 1:
                 raise RuntimeError(f"reservation {res.object_id} was reclaimed during the write")
-            conn.execute(object_copies.insert(), {"object_id": res.object_id,
-                                                  "region": res.coffer.primary,
-                                                  "created_ms": created})
+            record_stored(conn, res.object_id, res.coffer, created)
         return StoredObject(
             id=res.object_id, key=res.key, size=size, etag=etag, sha256=sha256,
             content_type=content_type, created_ms=created, writer_uin=res.writer_uin,
-            blob_id=res.blob_id, encrypt_type=res.coffer.encrypt_type)
+            blob_id=res.blob_id, encrypt_type=res.coffer.encrypt_type,
+            coffer_id=res.coffer.id, crcs=crcs)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -235,6 +236,7 @@ class Objects:
             lease_seconds=self.lease_ms / 1000, renew=lambda: self.renew(res),
             cancel=lambda: self.cancel(res),
             finish=lambda d: self.finish(res, size=d.size, etag=d.etag, sha256=d.sha256,
+                                         crcs=d.crcs,
                                          content_type=content_type or DEFAULT_CONTENT_TYPE),
             sealer=sealer)
 
@@ -253,73 +255,83 @@ class Objects:
                             resource=f"{coffer.name}/{key}")
         return _row_to_object(row)
 
-    def _layout(self, obj: StoredObject) -> list[tuple[str, int, str]]:
-        """(blob id, size, SHA-256) of the blobs that make the object, in order: one for a
-        simple object, its parts for a multipart one."""
+    def stored(self, object_id: int) -> StoredObject | None:
+        """The object with this row id, if it is (still) stored."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(objects).where(
+                (objects.c.id == object_id) & (objects.c.state == STORED))).first()
+        return _row_to_object(row) if row else None
+
+    def blobs(self, obj: StoredObject) -> list[Blob]:
+        """The blobs that make the object, in order: one for a simple object, its parts for a
+        multipart one."""
         if obj.blob_id:
-            return [(obj.blob_id, obj.size, obj.sha256)]
+            return [Blob(obj.blob_id, obj.size, obj.sha256, obj.crcs)]
         with self.db.engine.connect() as conn:
             rows = conn.execute(_SEGMENTS, {"object_id": obj.id}).all()
-        return [(r.blob_id, r.size, r.sha256) for r in rows]
+        return [Blob(r.blob_id, r.size, r.sha256, r.crcs or b"") for r in rows]
 
     def segments(self, obj: StoredObject) -> list[tuple[int, int, str]]:
         """(offset, size, SHA-256) of each part of the object, in order; a simple object is
         one part."""
         spans, offset = [], 0
-        for _, size, sha256 in self._layout(obj):
-            spans.append((offset, size, sha256))
-            offset += size
+        for blob in self.blobs(obj):
+            spans.append((offset, blob.size, blob.sha256))
+            offset += blob.size
         return spans
 
     def read(self, obj: StoredObject, region: str, start: int, length: int,
              open_key: KeyOpener | None = None) -> Iterator[bytes]:
-        """The bytes [start, start+length), decrypted with `open_key` (`Keyring.opener`) when
-        the object is encrypted. Every part that the range covers whole is checked against its
-        SHA-256 (so a whole-object read checks everything); a part read only in pieces cannot
-        be checked, except by decryption, which checks every chunk it reads."""
-        store = self.stores[region]
-        # The last chunk is held back until the hashes are checked: were it sent first, the
-        # client would have every Content-Length byte, and damaged data would look good.
-        held: bytes | None = None
+        """The bytes [start, start+length) of the copy in `region`, decrypted with `open_key`
+        (`Keyring.opener`) when the object is encrypted, each checked before it is yielded
+        (core/reading.py). At a damaged or missing blob the read goes on, from the same byte,
+        in another region that holds a copy; the damage is reported and its repair queued."""
+        stores = iter([self.stores[region]])
+        store = next(stores)
         offset, end = 0, start + length
-        for blob_id, size, sha256 in self._layout(obj):
-            if offset + size > start and offset < end:
-                first = max(start, offset) - offset
-                count = min(end, offset + size) - offset - first
-                # decryption authenticates every chunk, the file's length and its place: an
-                # encrypted blob needs no second check by SHA-256
-                check = hashlib.sha256() if count == size and open_key is None else None
-                for chunk in self._blob_bytes(store, blob_id, size, first, count, open_key):
-                    if check is not None:
-                        check.update(chunk)
-                    if held is not None:
-                        yield held
-                    held = chunk
-                if check is not None and check.hexdigest() != sha256:
-                    raise CorruptData(f"object {obj.id} in region {region}: SHA-256 mismatch "
-                                      f"in blob {blob_id}")
-            offset += size
-        if held is not None:
-            yield held
+        for blob in self.blobs(obj):
+            if offset + blob.size > start and offset < end:
+                pos = max(start, offset) - offset
+                stop = min(end, offset + blob.size) - offset
+                while pos < stop:
+                    try:
+                        for chunk in checked_bytes(store, blob, pos, stop - pos, open_key):
+                            pos += len(chunk)
+                            yield chunk
+                        break
+                    except CorruptData as exc:
+                        report_damage(self.db, obj.id, store.name, blob.blob_id, str(exc),
+                                      "read")
+                        if not exc.resumable:
+                            raise
+                        if store.name == region:  # the others, once they are needed
+                            stores = iter([self.stores[r] for r in self.regions_holding(obj)
+                                           if r != region])
+                        store = next(stores, None)
+                        if store is None:
+                            raise
+                        log.warning("reading %s from region %s instead", blob.blob_id,
+                                    store.name)
+            offset += blob.size
+
+    def regions_holding(self, obj: StoredObject) -> list[str]:
+        """The regions that hold a copy of the object, the oldest copy first."""
+        with self.db.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(object_copies.c.region).where(object_copies.c.object_id == obj.id)
+                .order_by(object_copies.c.created_ms)).scalars())
 
     def preflight(self, obj: StoredObject, region: str, open_key: KeyOpener) -> None:
         """Unwrap the first blob's data key before a streamed answer starts, so that the KMS's
         refusal (KMSFailed) is an error answer; damaged data is left for the read to find."""
-        blob_id = self._layout(obj)[0][0]
+        blob_id = self.blobs(obj)[0].blob_id
         try:
             with self.stores[region].open_blob(blob_id) as fh:
                 header, _ = envelope.Header.read(
                     lambda offset, n: os.pread(fh.fileno(), n, offset))
+            open_key(header)
         except (envelope.DecryptError, OSError):
-            return
-        open_key(header)
-
-    @staticmethod
-    def _blob_bytes(store: RegionStore, blob_id: str, size: int, first: int, count: int,
-                    open_key: KeyOpener | None) -> Iterator[bytes]:
-        if open_key is None:
-            return store.read(blob_id, first, count)
-        return _decrypted(store, blob_id, size, first, count, open_key)
+            return  # damaged or missing: the read finds it and turns to another copy
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -370,16 +382,5 @@ def _row_to_object(row: sa.Row) -> StoredObject:
     return StoredObject(id=row.id, key=row.key, size=row.size, etag=row.etag,
                         sha256=row.sha256, content_type=row.content_type,
                         created_ms=row.created_ms, writer_uin=row.writer_uin,
-                        blob_id=row.blob_id, encrypt_type=row.encrypt_type)
-
-
-def _decrypted(store: RegionStore, blob_id: str, size: int, first: int, count: int,
-               open_key: KeyOpener) -> Iterator[bytes]:
-    try:
-        with store.open_blob(blob_id) as fh:
-            fd = fh.fileno()
-            yield from envelope.read_plain(
-                lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size, blob_id,
-                size, first, count, open_key)
-    except envelope.DecryptError as exc:
-        raise CorruptData(f"blob {blob_id} in region {store.name}: {exc}") from None
+                        blob_id=row.blob_id, encrypt_type=row.encrypt_type,
+                        coffer_id=row.coffer_id, crcs=row.crcs or b"")

@@ -21,12 +21,13 @@ import sqlalchemy as sa
 from datacoffer.core.checksums import multipart_etag, multipart_sha256
 from datacoffer.core.clock import now_ms
 from datacoffer.core.coffers import MULTIPART, STORED, WRITING, Coffer, successor
+from datacoffer.core.copies import record_stored
 from datacoffer.core.identities import Identity
 from datacoffer.core.ingest import Digest, write_leased
 from datacoffer.core.objects import DEFAULT_CONTENT_TYPE, Objects, StoredObject
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import object_copies, objects, parts, uploads
+from datacoffer.meta.schema import objects, parts, uploads
 from datacoffer.storage.blobs import RegionStore, new_blob_id
 
 log = logging.getLogger("datacoffer.uploads")
@@ -263,6 +264,7 @@ class Uploads:
             self._discard(conn, replaced)
             result = conn.execute(parts.update().where(_MINE).values(
                 state=STORED, size=digest.size, etag=digest.etag, sha256=digest.sha256,
+                crcs=digest.crcs,
                 created_ms=created, holder="", lease_until_ms=0),
                 {"part_blob": blob_id, "me": self.objects.holder})
             if result.rowcount != 1:
@@ -361,15 +363,14 @@ class Uploads:
             conn.execute(objects.update().where(objects.c.id == upload.object_id).values(
                 state=STORED, size=size, etag=etag, sha256=sha256,
                 content_type=upload.content_type or DEFAULT_CONTENT_TYPE, created_ms=created))
-            conn.execute(object_copies.insert(), {"object_id": upload.object_id,
-                                                  "region": upload.coffer.primary,
-                                                  "created_ms": created})
+            record_stored(conn, upload.object_id, upload.coffer, created)
         self._purge(unlisted)
         return StoredObject(id=upload.object_id, key=upload.key, size=size, etag=etag,
                             sha256=sha256, content_type=upload.content_type
                             or DEFAULT_CONTENT_TYPE, created_ms=created,
                             writer_uin=upload.initiator_uin, blob_id="",
-                            encrypt_type=upload.coffer.encrypt_type)
+                            encrypt_type=upload.coffer.encrypt_type,
+                            coffer_id=upload.coffer.id)
 
     # -- listing uploads -----------------------------------------------------------------
 

@@ -38,8 +38,7 @@ def address(request: Request, proxies: tuple[str, ...], resource: str) -> Addres
     except ValueError:
         peer = UNKNOWN
     forwarded = request.headers.get("x-forwarded-for")
-    if not forwarded or not any(peer.version == n.version and peer in n
-                                for n in _networks(proxies)):
+    if not forwarded or not within(peer, proxies):
         return peer
     first = forwarded.split(",")[0].strip()
     try:
@@ -48,3 +47,8 @@ def address(request: Request, proxies: tuple[str, ...], resource: str) -> Addres
         raise CdcsError("InvalidArgument", "The X-Forwarded-For header added by the proxy does "
                         "not start with a client address.", resource=resource,
                         detail=f"X-Forwarded-For first hop {first[:80]!r}") from None
+
+
+def within(addr: Address, networks: tuple[str, ...]) -> bool:
+    """Whether the address is in one of the networks (addresses or CIDR blocks)."""
+    return any(addr.version == n.version and addr in n for n in _networks(networks))

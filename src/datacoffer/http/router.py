@@ -93,6 +93,8 @@ def route(method: str, path: str, query: list[tuple[str, str]], host: str) -> En
     for name, value in query:
         params.setdefault(name.lower(), value)
     coffer, _, key = path.lstrip("/").partition("/")
+    if path == "/metrics" and method == "GET":  # (no coffer is named "metrics": no AppID)
+        return Endpoint("GetMetrics")
     region = addressed_region(host)
     if not coffer:
         operation = "GetService" if method == "GET" else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -50,12 +51,53 @@ def _add_lifecycles(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.coffer_lifecycles])
 
 
+def _add_replication(conn: Connection) -> None:
+    """Version 7: the replication queue, integrity findings, the audit log, the chunk CRCs of
+    plain blobs (none for blobs written before: their reads are checked by SHA-256 alone)."""
+    schema.metadata.create_all(conn, tables=[schema.replication_queue,
+                                             schema.integrity_findings, schema.audit_log,
+                                             schema.audit_head])
+    _start_audit_chain(conn)
+    _owe_missing_copies(conn)
+    column = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+    for table in ("objects", "parts"):  # (a store older than version 2 made parts as now)
+        if "crcs" not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN crcs {column}"))
+
+
+def _owe_missing_copies(conn: Connection) -> None:
+    """Objects stored before replication existed are owed a copy in each other Location of
+    their coffer, like new ones."""
+    t = schema
+    held = {(object_id, region) for object_id, region in conn.execute(
+        sa.select(t.object_copies.c.object_id, t.object_copies.c.region))}
+    stored = conn.execute(
+        sa.select(t.objects.c.id, t.objects.c.coffer_id, t.coffers.c.locations)
+        .join(t.coffers, t.coffers.c.id == t.objects.c.coffer_id)
+        .where(t.objects.c.state == "stored"))
+    now = int(time.time() * 1000)
+    owed = [{"object_id": row.id, "region": region, "coffer_id": row.coffer_id,
+             "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""}
+            for row in stored for region in row.locations.split(",")[1:]
+            if (row.id, region) not in held]
+    for start in range(0, len(owed), 1000):
+        conn.execute(t.replication_queue.insert(), owed[start:start + 1000])
+
+
+def _start_audit_chain(conn: Connection) -> None:
+    """The audit chain's head row exists from the start: appends of several processes then
+    only ever lock and update it (two first appends cannot both insert it)."""
+    if conn.execute(sa.select(schema.audit_head.c.id)).first() is None:
+        conn.execute(schema.audit_head.insert().values(id=1, seq=0,
+                                                       hash=schema.AUDIT_GENESIS))
+
+
 #: Migration N turns schema version N-1 into version N. A new database is created at the
 #: latest version directly from `schema`, so an entry is only needed for a change.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_multipart, 3: _widen_checksums, 4: _add_keys, 5: _add_access,
-    6: _add_lifecycles}
-LATEST = 6
+    6: _add_lifecycles, 7: _add_replication}
+LATEST = 7
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -117,6 +159,7 @@ class Database:
             if not sa.inspect(conn).has_table("schema_version"):
                 schema.metadata.create_all(conn)
                 conn.execute(schema.schema_version.insert().values(version=LATEST))
+                _start_audit_chain(conn)
                 return 0
             found = conn.execute(sa.select(schema.schema_version.c.version)).scalar_one()
             if found > LATEST:

@@ -69,6 +69,9 @@ objects = sa.Table(
     #: hex SHA-256; of a multipart object the composite "<sha256 of part digests>-<N>"
     sa.Column("sha256", sa.String(80), nullable=False, default=""),
     sa.Column("encrypt_type", sa.Integer, nullable=False, default=0),
+    #: of a simple plain object: the CRC-32 of each MiB of its blob (core/checksums.py); NULL
+    #: when encrypted, or written before version 7
+    sa.Column("crcs", sa.LargeBinary, nullable=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     #: the writing process ("host:pid:token") and when its reservation lapses
     sa.Column("holder", sa.String(256), nullable=False, default=""),
@@ -83,6 +86,38 @@ object_copies = sa.Table(
               primary_key=True),
     sa.Column("region", sa.String(64), primary_key=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+#: The replication queue: a copy of an object still owed to a region of its coffer. Rows
+#: are written in the transaction that stores the object and deleted in the one that records
+#: the copy; `next_ms` is when the next attempt is due (back-off after a failure).
+replication_queue = sa.Table(
+    "replication_queue", metadata,
+    sa.Column("object_id", sa.Integer, sa.ForeignKey("objects.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("region", sa.String(64), primary_key=True),
+    sa.Column("coffer_id", sa.Integer, nullable=False, index=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("next_ms", sa.BigInteger, nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.String(256), nullable=False, default=""),
+)
+
+#: Damage found in a copy (by the scrubber, a read or replication) and when it was repaired.
+#: Kept after the object is gone: it is the history the status command reports.
+integrity_findings = sa.Table(
+    "integrity_findings", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("found_ms", sa.BigInteger, nullable=False),
+    sa.Column("object_id", sa.Integer, nullable=False, index=True),
+    sa.Column("coffer", sa.String(96), nullable=False),
+    sa.Column("key", _key_type, nullable=False),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("blob_id", sa.String(64), nullable=False),
+    sa.Column("problem", sa.String(256), nullable=False),
+    #: "scrub", "read" or "replication"
+    sa.Column("found_by", sa.String(16), nullable=False),
+    sa.Column("repaired_ms", sa.BigInteger, nullable=True),
 )
 
 #: Multipart uploads. An active upload holds its key through an `objects` row in state
@@ -114,6 +149,8 @@ parts = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False, default=0),
     sa.Column("etag", sa.String(64), nullable=False, default=""),
     sa.Column("sha256", sa.String(64), nullable=False, default=""),
+    #: of a plain part: the CRC-32 of each MiB (core/checksums.py); NULL as for objects
+    sa.Column("crcs", sa.LargeBinary, nullable=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("holder", sa.String(256), nullable=False, default=""),
     sa.Column("lease_until_ms", sa.BigInteger, nullable=False, default=0),
@@ -193,4 +230,33 @@ coffer_lifecycles = sa.Table(
               primary_key=True),
     sa.Column("days", sa.Integer, nullable=False),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+#: The audit log (core/audit.py): one row per request that reached a coffer and per lifecycle
+#: deletion, hash-chained: `hash` is the SHA-256 of the entry with the previous entry's hash.
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("time_ms", sa.BigInteger, nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("identity", sa.String(160), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("operation", sa.String(48), nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("code", sa.String(48), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+#: the "previous hash" of the first audit entry, and the head of an empty chain
+AUDIT_GENESIS = "0" * 64
+
+#: The chain's head: the last entry's number and hash, in one row that every append locks
+#: (so that appends from several processes chain one after another).
+audit_head = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
 )

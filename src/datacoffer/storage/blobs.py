@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -43,10 +43,10 @@ _flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-flush")
 class BlobWriter:
     """Appends bytes to one temporary file; `commit` makes it a durable blob."""
 
-    def __init__(self, region: RegionStore, blob_id: str) -> None:
+    def __init__(self, region: RegionStore, blob_id: str, tmp_name: str = "") -> None:
         self.region = region
         self.blob_id = blob_id
-        self.tmp_path = region.tmp_dir / blob_id
+        self.tmp_path = region.tmp_dir / (tmp_name or blob_id)
         self._file: BinaryIO | None = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
         self.size = 0
         self._unflushed = 0
@@ -75,13 +75,16 @@ class BlobWriter:
             flush, self._flush = self._flush, None
             flush.result()
 
-    def commit(self) -> None:
-        """fsync the data, rename it into place and fsync the directory."""
+    def commit(self, check: Callable[[Path], None] | None = None) -> None:
+        """fsync the data, rename it into place and fsync the directory. `check` may refuse
+        the written file (by raising) before it becomes the blob; `abort` then removes it."""
         assert self._file is not None
         self._wait_flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
+        if check is not None:
+            check(self.tmp_path)
         final = self.region.blob_path(self.blob_id)
         os.rename(self.tmp_path, final)
         _fsync_dir(final.parent)
@@ -119,8 +122,10 @@ class RegionStore:
     def blob_path(self, blob_id: str) -> Path:
         return self.blobs_dir / blob_id[:2] / blob_id
 
-    def create(self, blob_id: str) -> BlobWriter:
-        return BlobWriter(self, blob_id)
+    def create(self, blob_id: str, tmp_name: str = "") -> BlobWriter:
+        """A writer of a new blob; `tmp_name` names its temporary file when several writers
+        may make the same blob (copies of it from other regions)."""
+        return BlobWriter(self, blob_id, tmp_name)
 
     def has(self, blob_id: str) -> bool:
         return self.blob_path(blob_id).is_file()
@@ -145,6 +150,10 @@ class RegionStore:
         """Remove a blob, finished or not; a missing one is fine."""
         (self.tmp_dir / blob_id).unlink(missing_ok=True)
         self.blob_path(blob_id).unlink(missing_ok=True)
+
+    def size_of(self, blob_id: str) -> int:
+        """The blob file's length in bytes (of an encrypted blob, more than its plaintext)."""
+        return self.blob_path(blob_id).stat().st_size
 
     def tmp_blob_ids(self) -> list[str]:
         return [entry.name for entry in os.scandir(self.tmp_dir) if entry.is_file()]

@@ -1,0 +1,116 @@
+"""Which regions hold a copy of an object, and which are still owed one.
+
+An object is stored in its coffer's primary region first; in the same transaction, every other
+Location of the coffer gets an entry in the replication queue (service.md, "Regions and
+replication"). The replication workers (core/replication.py) turn entries into copies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from datacoffer.core.clock import now_ms
+from datacoffer.core.coffers import Coffer
+from datacoffer.meta.db import Database
+from datacoffer.meta.schema import (
+    coffers,
+    integrity_findings,
+    object_copies,
+    objects,
+    replication_queue,
+)
+
+log = logging.getLogger("datacoffer.integrity")
+
+
+def record_stored(conn: sa.Connection, object_id: int, coffer: Coffer, now: int) -> None:
+    """In the transaction that makes an object stored: its primary copy exists, and each
+    other Location is owed one."""
+    conn.execute(object_copies.insert(), {"object_id": object_id, "region": coffer.primary,
+                                          "created_ms": now})
+    owed = [{"object_id": object_id, "region": region, "coffer_id": coffer.id,
+             "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""}
+            for region in coffer.locations[1:]]
+    if owed:
+        conn.execute(replication_queue.insert(), owed)
+    # (deleting the object deletes its rows in both tables: their foreign keys cascade)
+
+
+
+def report_damage(db: Database, object_id: int, region: str, blob_id: str, problem: str,
+                  found_by: str) -> None:
+    """Record that `region`'s copy of blob `blob_id` of an object is damaged or missing, and
+    owe the region a good copy (unless it is owed one already, or no other region holds a
+    copy to repair it from: then the finding stays open until a scrub finds the copy good,
+    restored from a backup, say)."""
+    now = now_ms()
+    with db.write() as conn:
+        row = conn.execute(sa.select(objects.c.coffer_id, objects.c.key,
+                                     coffers.c.name.label("coffer"))
+                           .join(coffers, coffers.c.id == objects.c.coffer_id)
+                           .where(objects.c.id == object_id)).first()
+        if row is None:
+            return  # expired meanwhile
+        log.error("damaged copy of %s/%s in region %s (blob %s, found by %s): %s", row.coffer,
+                  row.key, region, blob_id, found_by, problem)
+        known = conn.execute(sa.select(integrity_findings.c.id).where(
+            (integrity_findings.c.object_id == object_id)
+            & (integrity_findings.c.region == region)
+            & (integrity_findings.c.blob_id == blob_id)
+            & integrity_findings.c.repaired_ms.is_(None)).limit(1)).first()
+        if known is None:  # (a copy that stays bad is one finding, not one per look)
+            conn.execute(integrity_findings.insert(), {
+                "found_ms": now, "object_id": object_id, "coffer": row.coffer, "key": row.key,
+                "region": region, "blob_id": blob_id, "problem": problem[:256],
+                "found_by": found_by, "repaired_ms": None})
+        owed = conn.execute(sa.select(replication_queue.c.object_id).where(
+            (replication_queue.c.object_id == object_id)
+            & (replication_queue.c.region == region))).first()
+        elsewhere = conn.execute(sa.select(object_copies.c.region).where(
+            (object_copies.c.object_id == object_id)
+            & (object_copies.c.region != region)).limit(1)).first()
+        if owed is None and elsewhere is not None:
+            conn.execute(replication_queue.insert(), {
+                "object_id": object_id, "region": region, "coffer_id": row.coffer_id,
+                "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""})
+
+
+def record_copy(conn: sa.Connection, object_id: int, region: str, now: int) -> None:
+    """In the transaction that ends a region's queue entry: the region holds a good copy
+    (again: a repaired copy closes its findings)."""
+    held = conn.execute(sa.select(object_copies.c.region).where(
+        (object_copies.c.object_id == object_id) & (object_copies.c.region == region))).first()
+    if held is None:
+        conn.execute(object_copies.insert(), {"object_id": object_id, "region": region,
+                                              "created_ms": now})
+    close_findings(conn, object_id, region, now)
+
+
+def open_findings(db: Database, object_id: int | None = None) -> set[tuple[int, str]]:
+    """(object id, region) of the copies (of one object, or all) with findings not yet
+    repaired."""
+    f = integrity_findings
+    query = sa.select(f.c.object_id, f.c.region).where(f.c.repaired_ms.is_(None))
+    if object_id is not None:
+        query = query.where(f.c.object_id == object_id)
+    with db.read() as conn:
+        return {(found, region) for found, region in conn.execute(query)}
+
+
+def close_findings(conn: sa.Connection, object_id: int, region: str, now: int) -> None:
+    """The region's copy of the object is good (again): its findings are repaired."""
+    conn.execute(integrity_findings.update().where(
+        (integrity_findings.c.object_id == object_id) & (integrity_findings.c.region == region)
+        & integrity_findings.c.repaired_ms.is_(None)).values(repaired_ms=now))
+
+
+def findings(db: Database, latest: int = 10) -> tuple[int, int, list[sa.Row]]:
+    """Damage found so far: how many findings, how many not yet repaired, the latest ones."""
+    f = integrity_findings
+    with db.read() as conn:
+        found, unrepaired = conn.execute(sa.select(
+            sa.func.count(), sa.func.count().filter(f.c.repaired_ms.is_(None)))).one()
+        rows = conn.execute(sa.select(f).order_by(f.c.id.desc()).limit(latest)).all()
+    return found, unrepaired, list(rows)
