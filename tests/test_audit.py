@@ -13,7 +13,8 @@ entries, and one of them runs a lifecycle pass):
   /metrics are not recorded;
 - the chain as an outsider checks it: every Hash recomputed here from an export (SHA-256 of
   the compact JSON of the fields and the previous hash), and `verify`, `admin status` and the
-  /metrics gauge agree on the head;
+  /metrics gauge agree on the head; `verify` while the server appends is valid (it walks up to
+  the head it read at its start);
 - tampering with a copy of the store (each case on a fresh copy): an edited field, a removed
   entry, two entries swapped, entries cut off the end, an edit with its own hash recomputed,
   a rewritten tail: `verify` exits 1 naming the first broken link and why;
@@ -23,7 +24,9 @@ entries, and one of them runs a lifecycle pass):
 - group commit: 200 parallel requests, SIGKILL right after the last answer: each answered
   request is in the log exactly once after a restart;
 - an entry that cannot be written turns the answer into 500 InternalError;
-- keys with bytes that are not UTF-8 (recorded as \\xNN) and non-ASCII keys (as they are);
+- keys with bytes that are not UTF-8 (recorded as \\xNN), a path with a NUL byte (as \\x00:
+  control characters are escaped, a NUL no metadata store must be asked to hold), a resource
+  over 2048 characters (cut, its last character "…"), and non-ASCII keys (as they are);
 - the commands' --help examples.
 
 The store is edited behind the server's back with sqlite3 (metadata.db); tampering is done on
@@ -73,6 +76,8 @@ EXPORT_FIELDS = {"Seq", "Time", "RequestId", "Identity", "Source", "Operation", 
 LINK = ("its previous-entry hash is not the hash of the entry before it (entries removed or "
         "reordered)")
 EDITED = "its hash does not match its contents (the entry was edited)"
+REWRITTEN = ("the last entry's hash is not the one its head recorded (entries were "
+             "rewritten)")
 COLUMNS = ("time_ms", "request_id", "identity", "source", "operation", "resource", "status",
            "code", "prev_hash", "hash")
 _names = itertools.count(1)
@@ -404,6 +409,41 @@ def test_keys_are_recorded_as_sent(world: World) -> None:
     assert_valid(world.srv.data_dir, everything)
 
 
+def test_control_characters_are_recorded_escaped(world: World) -> None:
+    """A path with a NUL byte (%00), unsigned (401 AuthFailed) and signed (400
+    InvalidObjectKey): its resource is recorded with \\x00 (a NUL no metadata store must be
+    asked to hold), and the chain still verifies."""
+    coffer = world.coffer()
+    me = principal(UIN)
+    resource = f"{coffer}/a\\x00b"
+    mark = head_seq(world.db)
+    log = Expected()
+    log.call("-", "GetObject", resource, 401, "AuthFailed",
+             lambda: world.raw.http.get(f"/{coffer}/a%00b"))
+    log.call(me, "GetObject", resource, 400, "InvalidObjectKey", lambda: send_raw(
+        world.raw, "GET", f"/{coffer}/a\x00b", f"/{coffer}/a%00b"))
+    everything = export(world.srv.data_dir)
+    assert_recorded([e for e in everything if e["Seq"] > mark], log.sent)
+    assert_chain(everything)
+    assert_valid(world.srv.data_dir, everything)
+
+
+def test_an_overlong_resource_is_cut(world: World) -> None:
+    """An unsigned request for a 60,000-character key (which no key rule allows): recorded
+    with its resource cut to MAX_RESOURCE (2048) characters, the last one "…"."""
+    coffer = world.coffer()
+    key = "k" * 60_000
+    cut = f"{coffer}/{key}"[:2047] + "…"
+    assert len(cut) == 2048
+    mark = head_seq(world.db)
+    log = Expected()
+    log.call("-", "GetObject", cut, 401, "AuthFailed",
+             lambda: world.raw.http.get(f"/{coffer}/{key}"))
+    everything = export(world.srv.data_dir)
+    assert_recorded([e for e in everything if e["Seq"] > mark], log.sent)
+    assert_valid(world.srv.data_dir, everything)
+
+
 # -- 2. the chain ----------------------------------------------------------------------------
 
 
@@ -424,6 +464,35 @@ def test_chain_recomputed_from_export_matches(world: World) -> None:
     gauge = [line for line in scrape.text.splitlines()
              if line.startswith("datacoffer_audit_entries ")]
     assert gauge == [f"datacoffer_audit_entries {float(last['Seq'])}"]
+
+
+def test_verify_while_the_server_appends(world: World) -> None:
+    """`verify` runs while requests are being recorded (threads sending HEADs all along):
+    each run walks the chain up to the head it read at its start, so the entries appended
+    meanwhile never make it fail; every run is valid, and the later ones saw more entries."""
+    coffer = world.coffer()
+    mark = head_seq(world.db)
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def busy() -> None:
+        while not stop.is_set():
+            statuses.append(world.raw.head(f"/{coffer}/none").status_code)
+
+    workers = [threading.Thread(target=busy) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        verdicts = [verify(world.srv.data_dir) for _ in range(4)]
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert len(statuses) > 50 and set(statuses) == {404}
+    for code, doc in verdicts:
+        assert (code, doc["Valid"], doc["FirstBroken"]) == (0, True, None), doc
+        assert doc["Entries"] == doc["Head"]["Seq"] > mark
+    assert verdicts[-1][1]["Entries"] > verdicts[0][1]["Entries"]
 
 
 # -- 3. tampering --------------------------------------------------------------------------
@@ -590,13 +659,9 @@ def test_verify_finds_the_first_broken_link(snapshot: Snapshot, tmp_path: Path,
 
 def test_verify_finds_a_rewritten_tail_by_its_head(snapshot: Snapshot, tmp_path: Path) -> None:
     """An edit with every later entry re-chained links up, but the head's hash is not the
-    last entry's: still broken, exit 1."""
-    code, doc = tampered(snapshot, tmp_path, rewrite_tail)
+    last entry's: still broken (after all n entries), exit 1."""
     n = len(snapshot.entries)
-    assert (code, doc["Valid"], doc["Entries"]) == (1, False, n)
-    assert doc["Head"] == {"Seq": n, "Hash": snapshot.entries[-1]["Hash"]}
-    assert doc["FirstBroken"]["Seq"] == n + 1
-    assert "head" in doc["FirstBroken"]["Reason"]
+    assert_broken(snapshot, tampered(snapshot, tmp_path, rewrite_tail), n, n + 1, REWRITTEN)
 
 
 # -- 4. lifecycle deletions ------------------------------------------------------------------

@@ -16,7 +16,8 @@ coffer of its server, so never the shared one):
   audit entries as `admin status` and `admin audit verify` count them;
 - access: a server that allows only 10.0.0.0/8 unsigned, and signed scrapes only from the
   UINs in `metrics_uins` (given through DATACOFFER_METRICS_UINS): AuthFailed, PolicyCheckFailed,
-  a trusted proxy's X-Forwarded-For first hop, an untrusted X-Forwarded-For ignored; other
+  a trusted proxy's X-Forwarded-For first hop, an unsigned scrape forwarded by an untrusted
+  proxy refused; other
   methods on /metrics are never a scrape;
 - the `metrics_allow` / `metrics_uins` settings: defaults, TOML lists, comma-separated
   environment lists, and refusals (also by `datacoffer serve`);
@@ -265,9 +266,12 @@ def test_loopback_scrape_is_unsigned_prometheus_text(quiet: World) -> None:
         assert s.gauge(gauge) >= 0
     # the server's start probe (an unsigned GET /) was counted before any test request
     assert s.series(REQUESTS, "operation", "code")[("GetService", "AuthFailed")] >= 1
-    # an X-Forwarded-For is not believed without a trusted proxy: the peer is loopback
-    forwarded = scrape_response(quiet.url, {"X-Forwarded-For": "192.0.2.1"})
-    assert Scrape.of(forwarded).types == FAMILIES
+    # a scrape forwarded by a proxy nobody listed in trusted_proxies (a TLS front on the
+    # loopback, say) could come from anywhere: unsigned, it is refused, whatever the header
+    for header in ("X-Forwarded-For", "Forwarded"):
+        forwarded = scrape_response(quiet.url, {header: "127.0.0.1"})
+        assert (forwarded.status_code, forwarded.headers["x-cdcs-error-code"]) == (
+            401, "AuthFailed")
 
 
 def assert_histogram_matches(s: Scrape) -> None:

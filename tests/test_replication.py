@@ -14,11 +14,15 @@ replication pass copies whatever every coffer of its server is owed):
 - the background worker closing the lag by itself (paced by `replication_rate`, set through
   DATACOFFER_REPLICATION_RATE), resuming a queue left by a stopped server, and finishing a
   copy whose worker was killed (SIGKILL) half-way: no blob and no corrupt copy, only a
-  temporary file that the next start removes;
+  temporary file that the next start removes; a start removes only the temporary files of
+  dead writers (a live process of this host's are kept, another host's until idle an hour);
 - failures: a region directory that refuses writes (a failed pass, its queue row's attempts
   and back-off, a manual pass ignoring the back-off, recovery once restored, also by the
   background worker with `replication_retry_max = 1`), and a damaged source, which is never
   copied (a good copy in another region is used instead);
+- several processes at once: two `admin run replication` passes make each copy once (an
+  entry is claimed, with a holder and a lease, before it is copied); an entry claimed by a
+  live process is left to it, one claimed by a dead process taken over;
 - `Client.object_regions` and `datacoffer stat --regions`, the settings' checks, and the
   help texts.
 """
@@ -31,10 +35,13 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +64,8 @@ TIANJIN, SHANGHAI, GUANGZHOU = "ap-tianjin", "ap-shanghai", "ap-guangzhou"
 ALL = (TIANJIN, SHANGHAI, GUANGZHOU)
 APP_ID, UIN = "1250000000", "100000000001"
 #: the temporary name of a copy in the target region's tmp/ (core/integrity.py)
-COPY_TMP = r"{blob}\.[0-9a-f]{{8}}"
+#: a copy's temporary file: <blob>.<pid>.<host tag>.<random> (core/integrity.copy_blob)
+COPY_TMP = r"{blob}\.[0-9]+\.[0-9a-f]{{8}}\.[0-9a-f]{{8}}"
 _names = itertools.count(1)
 
 
@@ -223,9 +231,11 @@ def stored_bytes(world: World, obj: Stored, region: str) -> int:
     return sum(blob_file(world, region, b).stat().st_size for b in obj.blob_ids)
 
 
-def run_pass(world: World) -> dict[str, Any]:
-    """`datacoffer admin run replication`: its document."""
-    doc: dict[str, Any] = world.srv.admin("run", "replication")
+def run_pass(world: World, runner: ServerProcess | None = None) -> dict[str, Any]:
+    """`datacoffer admin run replication` (with the configuration and environment of
+    `runner`, another ServerProcess on the same data, or of the world's server): its
+    document."""
+    doc: dict[str, Any] = (runner or world.srv).admin("run", "replication")
     assert list(doc) == ["Copied", "Failed", "Pending", "Copies", "Failures"]
     assert (doc["Copied"], doc["Failed"]) == (len(doc["Copies"]), len(doc["Failures"]))
     doc["Copies"].sort(key=lambda c: (c["Coffer"], c["Key"], c["Region"]))
@@ -552,6 +562,47 @@ def test_a_restarted_server_works_off_the_queue(tmp_path: Path) -> None:
         again.stop()
 
 
+def host_tag(host: str) -> str:
+    """How a copy's temporary file names the host of its writer (core/objects._host_tag)."""
+    return hashlib.sha256(host.encode()).hexdigest()[:8]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (not reused in the moments a test lasts)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_start_removes_only_abandoned_copy_files(quiet: World, tmp_path: Path) -> None:
+    """Temporary files of copies ("<blob>.<pid>.<host tag>.<random>") in a region's tmp/ at a
+    server's start: one of a live process of this host is kept, one of a dead process of
+    this host removed; one of another host is kept while it was written to within the hour
+    (its process cannot be asked), removed once idle for longer."""
+    tmp_dir = quiet.data / "regions" / SHANGHAI / "tmp"
+    mine, theirs, gone = host_tag(socket.gethostname()), host_tag("elsewhere.example"), dead_pid()
+
+    def name(pid: int, tag: str) -> str:
+        return f"{secrets.token_hex(16)}.{pid}.{tag}.{secrets.token_hex(4)}"
+
+    alive, dead, recent, idle = (name(os.getpid(), mine), name(gone, mine), name(gone, theirs),
+                                 name(os.getpid(), theirs))
+    for file in (alive, dead, recent, idle):
+        (tmp_dir / file).write_bytes(b"half a copy")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(tmp_dir / idle, (hours_ago, hours_ago))
+    again = ServerProcess(quiet.data, config=quiet.srv.config, background=False)
+    again.log_path = tmp_path / "again.log"
+    try:
+        again.start()
+        assert tmp_files(quiet, SHANGHAI) == sorted([alive, recent])
+        assert "'stray_files': 2" in again.log()
+    finally:
+        again.stop()
+        for file in (alive, dead, recent, idle):
+            (tmp_dir / file).unlink(missing_ok=True)
+
+
 # -- 6. a region that refuses writes ----------------------------------------------------------
 
 
@@ -571,10 +622,10 @@ def test_an_unwritable_region_fails_the_copy_until_restored(quiet: World) -> Non
         assert failure == {"Coffer": coffer, "Key": "stuck.txt", "Region": GUANGZHOU,
                            "Attempts": 1}
         assert_refused_write(error, tmp_dir, blob)
-        # the first back-off: 2 s, with a jitter of 0.5-1
+        # the first back-off: 1 s, times a jitter of 0.5-1
         attempts, next_ms, last_error = queue_of(quiet, obj)[GUANGZHOU]
         assert (attempts, last_error) == (1, error)
-        assert before + 1000 <= next_ms <= after + 2000
+        assert before + 500 <= next_ms <= after + 1000
         lag, owed = status(quiet)
         assert (lag["Pending"], lag["Failing"], owed[GUANGZHOU]) == (1, 1, 1)
         assert_pending(quiet, obj, GUANGZHOU)
@@ -693,6 +744,64 @@ def test_a_good_copy_elsewhere_replaces_a_damaged_one(quiet: World) -> None:
     finally:
         blob_file(quiet, TIANJIN, blob).write_bytes(original)
     assert_files(quiet, obj, TIANJIN, ALL)
+
+
+# -- 8b. several processes at once -------------------------------------------------------------
+
+
+def test_two_passes_at_once_make_each_copy_once(quiet: World) -> None:
+    """Two `admin run replication` at the same moment, paced (4 MiB/s each) so that they
+    overlap, over 8 objects of 1 MiB owed to two regions: each process claims an entry before
+    copying it (core/replication._claim), so each of the 16 copies is made by exactly one of
+    them."""
+    coffer = quiet.coffer(TIANJIN, SHANGHAI, GUANGZHOU)
+    objs = [quiet.put(coffer, f"c{n}.bin", random_bytes(MiB, 40 + n)) for n in range(8)]
+    paced = ServerProcess(quiet.data, config=quiet.srv.config,
+                          env={"DATACOFFER_REPLICATION_RATE": str(4 * MiB)})
+    with ThreadPoolExecutor(2) as pool:
+        docs = list(pool.map(lambda _: run_pass(quiet, paced), range(2)))
+    made = [{(c["Coffer"], c["Key"], c["Region"]) for c in doc["Copies"]} for doc in docs]
+    assert [(doc["Copied"], doc["Failed"]) for doc in docs] == [(len(m), 0) for m in made]
+    assert sum(doc["Copied"] for doc in docs) == 16
+    assert not made[0] & made[1]
+    assert made[0] | made[1] == {(coffer, o.key, r) for o in objs for r in (SHANGHAI, GUANGZHOU)}
+    assert status(quiet) == (IDLE, NOTHING_OWED)
+    for obj in objs:
+        assert_files(quiet, obj, TIANJIN, ALL)
+
+
+def test_a_claimed_entry_is_left_to_its_live_holder(quiet: World) -> None:
+    """A queue entry claimed by a live process of this host (its holder "host:pid:token",
+    its lease an hour away) is not copied by a pass; claimed by a process that has died, it
+    is taken over at once and copied."""
+    coffer = quiet.coffer(TIANJIN, SHANGHAI)
+    obj = quiet.put(coffer, "claimed.bin", b"mine for now")
+    lease = now_ms() + 3_600_000
+
+    def claimed_by(pid: int) -> str:
+        holder = f"{socket.gethostname()}:{pid}:x"
+        assert change(quiet.db, "UPDATE replication_queue SET holder = ?, lease_until_ms = ? "
+                                "WHERE object_id = ?", holder, lease, obj.id) == 1
+        return holder
+
+    try:
+        holder = claimed_by(os.getpid())
+        assert run_pass(quiet) == {"Copied": 0, "Failed": 0, "Pending": 1, "Copies": [],
+                                   "Failures": []}
+        assert query(quiet.db, "SELECT holder, lease_until_ms, attempts FROM "
+                               "replication_queue WHERE object_id = ?", obj.id) == [
+            (holder, lease, 0)]
+        assert_pending(quiet, obj, SHANGHAI)
+
+        claimed_by(dead_pid())
+        assert run_pass(quiet) == {"Copied": 1, "Failed": 0, "Pending": 0,
+                                   "Copies": copied(quiet, obj, TIANJIN, SHANGHAI),
+                                   "Failures": []}
+    finally:  # (never leave a claim that would hold up the module's later passes)
+        change(quiet.db, "UPDATE replication_queue SET holder = '', lease_until_ms = 0 "
+                         "WHERE object_id = ?", obj.id)
+    assert_served(quiet, obj, b"mine for now", TIANJIN, SHANGHAI)
+    assert_files(quiet, obj, TIANJIN, (TIANJIN, SHANGHAI))
 
 
 # -- 9. object_regions and `stat --regions` ---------------------------------------------------

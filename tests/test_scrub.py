@@ -15,16 +15,23 @@ its server, a replication pass copies whatever any coffer is owed):
 2. A GetObject that meets a damaged copy is served, with exactly the right bytes, from another
    region: the primary's copy (a > 1 MiB streamed read, a <= 1 MiB one, an encrypted one), a
    secondary's copy addressed by Host, a Range over the damaged chunk, a partNumber read of a
-   damaged part. The server logs the damage ("found by read") and where it read instead, a
-   finding and a queue entry are recorded, and `admin run replication` repairs the copy.
+   damaged part, a multipart object damaged in another part in each region (each part is read
+   from the addressed region first, then from the others). The server logs the damage ("found
+   by read") and where it read instead, a finding and a queue entry are recorded, and `admin
+   run replication` repairs the copy.
 3. What cannot be repaired: damage in every copy (a small GET is `500 InternalError`, a large
    one is cut off after the last good chunk, never a damaged byte; the scrub says Repaired
    false; the queue entry's failure names every bad source; restoring the files heals it all),
    and a single-region coffer (nothing to copy from, so nothing is queued: the finding stays
-   open until a scrub finds the copy good again).
-4. Objects whose KMS key is disabled are counted as Skipped, not as damage.
+   open until a scrub finds the copy good again, or its object expires: the lifecycle closes
+   its findings); damage met in an object marked "expiring" is not reported at all.
+4. Objects whose KMS key is disabled are counted as Skipped, not as damage; but a damaged
+   wrapped data key (EncryptType 1, and EncryptType 2 when the KMS key itself checks out) is
+   damage: read from another region, reported and repaired.
 5. The background scrubber (`scrub_interval = 1`) repairs a copy by itself and logs its passes;
-   `scrub_rate` paces `admin run scrub` (DATACOFFER_SCRUB_RATE, a lower bound only).
+   one process of an installation at a time does the background pass (two servers on one
+   data directory: the "scrub" lease); `scrub_rate` paces `admin run scrub`
+   (DATACOFFER_SCRUB_RATE, a lower bound only).
 6. The settings' checks and the help text.
 
 Every test leaves its server's copies healthy and its queue empty (the `damaged` context puts
@@ -51,8 +58,11 @@ import pytest
 from datacoffer import signing
 from datacoffer.config import ConfigError, load
 from datacoffer.core.clock import iso8601
+from datacoffer.core.copies import report_damage
 from datacoffer.core.integrity import check_file
+from datacoffer.core.lifecycle import DAY_MS
 from datacoffer.core.throttle import Throttle
+from datacoffer.meta.db import Database
 from tests.serverproc import BIN, ServerProcess
 from tests.test_api_coffers import assert_error
 from tests.test_lifecycle_sweep import Stored, change, query
@@ -113,8 +123,12 @@ class Damage:
     blob: str
     path: Path
     original: bytes
+    #: the object expired: its files are gone for good, none is put back
+    expired: bool = False
 
     def restore(self) -> None:
+        if self.expired:
+            return
         if not self.path.exists() or self.path.read_bytes() != self.original:
             self.path.write_bytes(self.original)
 
@@ -418,6 +432,30 @@ def test_damaged_secondary_range_and_part_reads_come_from_another_region(
         scrub(quiet, [])
 
 
+def test_each_part_is_read_from_the_addressed_region_first(quiet: World) -> None:
+    """Part 1 damaged in ap-tianjin, part 2 in ap-shanghai: a full GET from either region
+    reads each part from its own region first, then from the other, so both give every
+    right byte."""
+    coffer = quiet.coffer(TIANJIN, SHANGHAI)
+    parts = [random_bytes(3000, 29), random_bytes(2000, 30)]
+    obj = quiet.put_multipart(coffer, "crossed.bin", parts)
+    replicate(quiet, 1)
+    crc = "chunk 0 does not match its CRC-32"
+    with (damaged(quiet, obj, TIANJIN, part=0, offset=10) as first,
+          damaged(quiet, obj, SHANGHAI, part=1, offset=10) as second):
+        assert_got(get(quiet, obj), 200, b"".join(parts), TIANJIN)
+        problem1 = read_problem(TIANJIN, first.blob, crc)
+        assert_read_logged(quiet, obj, TIANJIN, first.blob, problem1, SHANGHAI)
+        assert recorded(quiet, obj) == [("read", TIANJIN, first.blob, problem1, False)]
+        assert_got(get(quiet, obj, SHANGHAI), 200, b"".join(parts), SHANGHAI)
+        problem2 = read_problem(SHANGHAI, second.blob, crc)
+        assert_read_logged(quiet, obj, SHANGHAI, second.blob, problem2, TIANJIN)
+        assert recorded(quiet, obj) == [("read", TIANJIN, first.blob, problem1, False),
+                                        ("read", SHANGHAI, second.blob, problem2, False)]
+    scrub(quiet, [])  # the files put back: the scrub finds both copies good, and says so
+    assert [row[-1] for row in recorded(quiet, obj)] == [True, True]
+
+
 # -- 3. damage that cannot be repaired ----------------------------------------------------------
 
 
@@ -519,15 +557,62 @@ def test_single_region_damage_stays_open_until_the_copy_is_good_again(quiet: Wor
         assert_served(quiet, obj, data, GUANGZHOU)
 
 
+def test_findings_of_an_object_that_expires_are_closed(quiet: World) -> None:
+    """A single-region object with a damaged copy (an open finding) expires: its finding is
+    closed with it (the copy is gone), Unrepaired back where it was. And damage met in an
+    object already marked "expiring" (its files are being removed: a scrub or read racing
+    the lifecycle pass) is no damage: report_damage records nothing and owes nothing."""
+    doomed_coffer, going_coffer = quiet.coffer(GUANGZHOU), quiet.coffer(TIANJIN, SHANGHAI)
+    doomed = quiet.put(doomed_coffer, "doomed.bin", random_bytes(3000, 31))
+    going = quiet.put(going_coffer, "going.bin", random_bytes(3000, 32))
+    replicate(quiet, 1)
+    before = integrity(quiet)
+    assert change(quiet.db, "UPDATE objects SET state = 'expiring' WHERE id = ?",
+                  going.id) == 1
+    db = Database(f"sqlite:///{quiet.db}")
+    try:
+        report_damage(db, going.id, SHANGHAI, going.blob_ids[0], SHA_DIFFERS, "scrub")
+    finally:
+        db.engine.dispose()
+    assert (recorded(quiet, going), queue_of(quiet, going)) == ([], {})
+    with damaged(quiet, doomed, GUANGZHOU) as d:
+        assert_error(get(quiet, doomed), 500, "InternalError", f"{doomed_coffer}/doomed.bin",
+                     region=GUANGZHOU)
+        problem = read_problem(GUANGZHOU, d.blob, "chunk 0 does not match its CRC-32")
+        assert recorded(quiet, doomed) == [("read", GUANGZHOU, d.blob, problem, False)]
+        assert integrity(quiet)["Unrepaired"] == before["Unrepaired"] + 1
+        quiet.sdk.put_coffer_lifecycle(doomed_coffer, 1)
+        assert change(quiet.db, "UPDATE objects SET created_ms = created_ms - ? WHERE id = ?",
+                      2 * DAY_MS, doomed.id) == 1
+        doc = quiet.srv.admin("run", "lifecycle")
+        # (the "expiring" object is finished first, not expired again)
+        assert [(o["Coffer"], o["Key"]) for o in doc["Objects"]] == [
+            (doomed_coffer, "doomed.bin")]
+        assert not d.path.exists()
+        d.expired = True
+    assert recorded(quiet, doomed) == [("read", GUANGZHOU, d.blob, problem, True)]
+    assert recorded(quiet, going) == []
+    assert integrity(quiet)["Unrepaired"] == before["Unrepaired"]
+    assert query(quiet.db, "SELECT count(*) FROM objects WHERE id IN (?, ?)", doomed.id,
+                 going.id) == [(0,)]
+    assert not any(blob_file(quiet, r, going.blob_ids[0]).exists() for r in ALL)
+    scrub(quiet, [])
+
+
 # -- damage to an encrypted blob's wrapped data key -------------------------------------------
 
 
-def wrapped_key_offset(world: World, obj: Stored) -> int:
-    """A byte inside the sealed data key of an EncryptType 1 blob's header (after the magic,
-    header length, chunk size, wrap kind, key id length (0) and the key's length; then past
-    the sealed key's version byte and nonce)."""
-    assert blob_file(world, TIANJIN, obj.blob_ids[0]).read_bytes()[10:13] == b"\x01\x00\x00"
-    return 15 + 13 + 5
+def wrapped_key_offset(world: World, obj: Stored, key_id: str = "") -> int:
+    """A byte inside the wrapped data key of an encrypted blob's header (crypto/envelope.py
+    Header: after the magic, header length, chunk size, wrap kind, key id length, key id and
+    the wrapped key's length; then 18 bytes into the wrapped key). EncryptType 1 (no
+    `key_id`): the sealed key's version byte and nonce, then 5 bytes of its ciphertext;
+    EncryptType 2: the KMS's 12-byte nonce, then 6 bytes of its ciphertext."""
+    ident = key_id.encode()
+    head = blob_file(world, TIANJIN, obj.blob_ids[0]).read_bytes()
+    kind = 2 if key_id else 1
+    assert head[10:13 + len(ident)] == bytes([kind]) + struct.pack(">H", len(ident)) + ident
+    return 15 + len(ident) + 13 + 5
 
 
 def test_scrub_repairs_a_damaged_wrapped_key(quiet: World) -> None:
@@ -550,25 +635,56 @@ def test_get_of_a_copy_with_a_damaged_wrapped_key_is_served_elsewhere(quiet: Wor
         assert_got(get(quiet, obj, SHANGHAI), 200, data, SHANGHAI)
 
 
+def kms_coffer(world: World, *regions: str) -> tuple[str, str]:
+    """An EncryptType 2 coffer in `regions` (the account's service role granted, a new KMS
+    key of its own); its name and key id."""
+    app_id = world.account.app_id
+    assert world.srv.admin("role", "grant", "--app-id", app_id) == {"AppId": app_id,
+                                                                    "ServiceRole": True}
+    key = world.srv.admin("kms", "create-key", "--app-id", app_id)
+    coffer = world.coffer(*regions, encrypt_type=2, key_id=key["KeyId"],
+                          key_region=key["KeyRegion"])
+    return coffer, key["KeyId"]
+
+
+def test_a_damaged_kms_wrapped_key_is_damage_not_a_kms_refusal(quiet: World) -> None:
+    """EncryptType 2, the primary's wrapped data key damaged: the KMS cannot unwrap it, but
+    ap-shanghai's copy of the same blob unwraps, so the copy is to blame, not the KMS (which
+    would refuse every copy): the GET is served from ap-shanghai and the scrub reports and
+    repairs the copy (not Skipped)."""
+    coffer, key_id = kms_coffer(quiet, TIANJIN, SHANGHAI)
+    data = random_bytes(200_000, 28)
+    obj = quiet.put(coffer, "kms-key-rot.bin", data)
+    replicate(quiet, 1)
+    unwrap = f"its wrapped data key does not unwrap, region {SHANGHAI}'s does"
+    with damaged(quiet, obj, TIANJIN, offset=wrapped_key_offset(quiet, obj, key_id)) as d:
+        assert_got(get(quiet, obj), 200, data, TIANJIN)
+        problem = read_problem(TIANJIN, d.blob, unwrap)
+        assert_read_logged(quiet, obj, TIANJIN, d.blob, problem, SHANGHAI)
+        assert list(queue_of(quiet, obj)) == [TIANJIN]
+        scrub(quiet, [finding(obj, TIANJIN, d.blob,
+                              "its wrapped data key does not unwrap, another region's does")])
+        assert recorded(quiet, obj) == [("read", TIANJIN, d.blob, problem, True)]
+        assert_files(quiet, obj, SHANGHAI, (TIANJIN, SHANGHAI))
+        assert queue_of(quiet, obj) == {}
+    assert_served(quiet, obj, data, TIANJIN, SHANGHAI)
+    scrub(quiet, [])
+
+
 # -- 4. objects whose key cannot be used ---------------------------------------------------------
 
 
 def test_objects_of_a_disabled_kms_key_are_skipped(quiet: World) -> None:
-    app_id = quiet.account.app_id
-    assert quiet.srv.admin("role", "grant", "--app-id", app_id) == {"AppId": app_id,
-                                                                    "ServiceRole": True}
-    key = quiet.srv.admin("kms", "create-key", "--app-id", app_id)
-    coffer = quiet.coffer(TIANJIN, encrypt_type=2, key_id=key["KeyId"],
-                          key_region=key["KeyRegion"])
+    coffer, key_id = kms_coffer(quiet, TIANJIN)
     obj = quiet.put(coffer, "kms.bin", random_bytes(3000, 22))
-    assert quiet.srv.admin("kms", "disable-key", "--key-id", key["KeyId"])["Enabled"] is False
+    assert quiet.srv.admin("kms", "disable-key", "--key-id", key_id)["Enabled"] is False
     try:
         before = integrity(quiet)["Findings"]
         scrub(quiet, [], skipped=(obj,))
         assert recorded(quiet, obj) == []
         assert integrity(quiet)["Findings"] == before
     finally:
-        assert quiet.srv.admin("kms", "enable-key", "--key-id", key["KeyId"])["Enabled"]
+        assert quiet.srv.admin("kms", "enable-key", "--key-id", key_id)["Enabled"]
     scrub(quiet, [])
 
 
@@ -642,6 +758,34 @@ def test_background_scrubber_repairs_by_itself(scrubbing: World, quiet: World) -
     assert "scrub pass" not in quiet.srv.log()
 
 
+LEFT = "scrub pass left to another process of this installation"
+
+
+def test_one_background_scrub_pass_at_a_time(
+        two_servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """Two servers on one data directory, each starting a scrub pass every second: a pass
+    over a 3 MiB object paced at 256 KiB/s takes 8 s, and while one server's pass holds the
+    installation's "scrub" lease, the other leaves its passes to it (and logs so)."""
+    a, b = two_servers
+    config = a.data_dir.parent / "datacoffer.toml"
+    config.write_text("scrub_interval = 1\nscrub_rate = 262144\n")
+    a.config = b.config = config
+    a.start()
+    world = World.create(a)
+    try:
+        world.put(world.coffer(TIANJIN), "slow.bin", random_bytes(3 * MiB, 33))
+        b.start()  # (every pass from now on reads slow.bin)
+        wait_until(lambda: any(LEFT in s.log() for s in (a, b)), 10,
+                   "a server left a scrub pass to the other")
+        [(holder,)] = query(world.db, "SELECT holder FROM worker_leases WHERE name = 'scrub'")
+        pid = int(holder.rsplit(":", 2)[1])
+        assert a.proc is not None and b.proc is not None
+        leaving = [s for s in (a, b) if LEFT in s.log()]
+        assert [s.proc.pid for s in (a, b) if s not in leaving] == [pid], (holder, leaving)
+    finally:
+        world.close()
+
+
 # -- 6. settings and help ----------------------------------------------------------------------
 
 
@@ -682,3 +826,25 @@ def test_admin_run_scrub_help() -> None:
     assert ('Prints {"Objects", "Copies", "Bytes", "Skipped", "Findings"}; "Skipped" counts '
             "objects whose KMS key could not be used.") in text
     assert "Examples:" in text
+
+
+def test_a_stopping_server_ends_a_long_scrub_pass_at_once(tmp_path: Path) -> None:
+    """A scrub pass paced to take minutes does not hold up a stopping server: it ends within
+    a chunk (core/throttle.Stopped), and the process shuts down cleanly in a few seconds, not
+    when the pass is done."""
+    srv = start(tmp_path, "scrub_interval = 1\nscrub_rate = 65536\n", background=True)
+    world = World.create(srv)
+    try:
+        coffer = world.coffer(TIANJIN)
+        world.put(coffer, "slow.bin", random_bytes(4 * MiB, 27))  # > 60 s at 64 KiB/s
+        wait_until(lambda: len(scrub_passes(world)) >= 1, 10, "the pass at start")
+        time.sleep(1.5)  # the next pass is under way, reading slow.bin
+        assert srv.proc is not None
+        began = time.monotonic()
+        srv.proc.terminate()
+        srv.proc.wait(15)  # (uvicorn re-raises the SIGTERM it handled: the status is -15)
+        assert time.monotonic() - began < 8
+        assert "Application shutdown complete" in srv.log()
+    finally:
+        world.close()
+        srv.stop()

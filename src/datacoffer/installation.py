@@ -6,6 +6,7 @@ commands work while the server runs, because everything shared lives in the meta
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from datacoffer.core.coffers import Coffers
 from datacoffer.core.expiry import Expiry
 from datacoffer.core.identities import Identities
 from datacoffer.core.keyring import Keyring
+from datacoffer.core.leases import Leases
 from datacoffer.core.lifecycles import Lifecycles
 from datacoffer.core.locks import RecordLocks
 from datacoffer.core.objects import Objects
@@ -58,6 +60,8 @@ class Installation:
     expiry: Expiry
     replication: Replication
     scrubber: Scrubber
+    #: set when the server stops: background passes end where they are
+    stopping: threading.Event
     tokens: Tokens
     #: whether this open created the installation (first start)
     is_new: bool
@@ -117,10 +121,11 @@ class Installation:
         locks = RecordLocks(db, objects.holder, objects.lapsed,
                             lease_seconds=settings.body_timeout + 10)
         policies = Policies(db, locks, tuple(settings.regions))
+        stopping = threading.Event()
         replication = Replication(db, coffers, objects, keyring,
                                   workers=settings.replication_workers,
                                   retry_max_seconds=settings.replication_retry_max,
-                                  rate=settings.replication_rate)
+                                  rate=settings.replication_rate, stop=stopping)
         return cls(
             settings=settings,
             db=db,
@@ -138,7 +143,9 @@ class Installation:
             expiry=Expiry(db, objects),
             replication=replication,
             scrubber=Scrubber(db, coffers, objects, keyring, replication,
-                              rate=settings.scrub_rate),
+                              Leases(db, objects.holder, objects.lapsed),
+                              rate=settings.scrub_rate, stop=stopping),
+            stopping=stopping,
             tokens=Tokens(identities),
             is_new=found == 0,
         )

@@ -2,21 +2,22 @@
 
 Each runs a pass, then waits its interval (counted from the pass's end) and runs the next; a
 failed pass is logged and the next one tries again. A pass runs in a thread of its own (a
-scrub pass can take hours), and stops between two objects once the server is stopping; one
-that does not stop within a few seconds (a large object being checked) is abandoned: what it
-leaves is a temporary file that the next start removes, or an owed copy that stays owed.
+scrub pass can take hours). When the server stops, a pass ends within a chunk of what it is
+reading (core/throttle.Stopped): it leaves at most a temporary file that the next start
+removes, and the copies it did not make stay owed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Callable
 
 import anyio
 
 from datacoffer.core.clock import now_ms
+from datacoffer.core.throttle import Stopped
 from datacoffer.installation import Installation
 
 log = logging.getLogger("datacoffer.workers")
@@ -28,7 +29,8 @@ STOP_GRACE = 5.0
 class Workers:
     def __init__(self, inst: Installation) -> None:
         self.inst = inst
-        self.stopping = threading.Event()
+        self.stopping = inst.stopping
+        self._woken = asyncio.Event()  # ends the waits between passes
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -41,6 +43,7 @@ class Workers:
 
     async def stop(self) -> None:
         self.stopping.set()
+        self._woken.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=STOP_GRACE)
         for task in self._tasks:
@@ -53,9 +56,12 @@ class Workers:
             try:
                 await anyio.to_thread.run_sync(one_pass, limiter=limiter,
                                                abandon_on_cancel=True)
+            except Stopped:
+                return
             except Exception:
                 log.exception("%s pass failed; the next one retries", name)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), interval)
 
     def _sweep(self) -> None:
         expired = self.inst.expiry.sweep(now_ms())
@@ -63,13 +69,16 @@ class Workers:
             log.info("lifecycle pass: %d objects expired", len(expired))
 
     def _replicate(self) -> None:
-        done = self.inst.replication.run(stop=self.stopping)
+        done = self.inst.replication.run()
         if done.copied or done.failed:
             log.info("replication pass: %d copies made, %d failed", len(done.copied),
                      len(done.failed))
 
     def _scrub(self) -> None:
-        done = self.inst.scrubber.run(stop=self.stopping)
+        done = self.inst.scrubber.run(exclusive=True)
+        if not done.ran:
+            log.info("scrub pass left to another process of this installation")
+            return
         log.info("scrub pass: %d objects, %d copies, %d bytes checked, %d damaged copies "
                  "found (%d repaired)", done.objects, done.copies, done.bytes,
                  len(done.findings), sum(f.repaired for f in done.findings))

@@ -173,8 +173,7 @@ class Client:
                 raise self._failure(response, path[1:])
             except (errors.ServiceError, httpx.TransportError) as failure:
                 if once is not None or not retry or not self.retry.should_retry(
-                        attempt, failure,
-                                                                   idempotent=idempotent):
+                        attempt, failure, idempotent=idempotent):
                     if isinstance(failure, httpx.TransportError):
                         raise errors.TransportError(
                             f"{method} {path}: {type(failure).__name__}: {failure}") from failure

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,21 @@ log = logging.getLogger("datacoffer.audit")
 GENESIS = AUDIT_GENESIS
 #: entries read at a time by verify and export
 PAGE = 1000
+
+
+#: longest resource kept in an entry, characters (a coffer name, '/', the longest key, with
+#: room for escapes); a longer one, from a request no key rule allows, is cut
+MAX_RESOURCE = 2048
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def storable(text: str, limit: int = MAX_RESOURCE) -> str:
+    """`text` fit for an entry in any metadata store: bytes that are not UTF-8 (kept as
+    surrogates) and control characters (NUL, which PostgreSQL refuses) as \\xNN, at most
+    `limit` characters."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = text.translate(_CONTROL)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -88,10 +104,13 @@ class Verdict:
     reason: str = ""
 
 
-def _rows(db: Database, since_ms: int | None = None) -> Iterator[sa.Row]:
+def _rows(db: Database, since_ms: int | None = None,
+          until: int | None = None) -> Iterator[sa.Row]:
     after = 0
     while True:
         query = sa.select(audit_log).where(audit_log.c.seq > after)
+        if until is not None:
+            query = query.where(audit_log.c.seq <= until)
         if since_ms is not None:
             query = query.where(audit_log.c.time_ms >= since_ms)
         with db.read() as conn:
@@ -115,14 +134,15 @@ def head(db: Database) -> tuple[int, str]:
 
 
 def verify(db: Database) -> Verdict:
-    """Walk the chain from its first entry; stop at the first link that does not hold."""
+    """Walk the chain from its first entry to the head as it is now (entries appended while
+    it walks are the next verify's); stop at the first link that does not hold."""
     head_seq, head_hash = head(db)
     count, expected_seq, prev = 0, 1, GENESIS
 
     def broken(seq: int, reason: str) -> Verdict:
         return Verdict(count, head_seq, head_hash, seq, reason)
 
-    for row in _rows(db):
+    for row in _rows(db, until=head_seq):
         if row.seq != expected_seq:
             return broken(expected_seq, f"entry {expected_seq} is missing (the next one is "
                                         f"{row.seq})")
@@ -185,16 +205,33 @@ class AuditWriter:
             return
         try:
             await anyio.to_thread.run_sync(self._write, [entry for entry, _ in batch])
-        except Exception as exc:
-            log.exception("could not write %d audit entries", len(batch))
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("could not write an audit entry")
+                _settle(batch[0][1], sys.exc_info()[1])
+                return
+            # one entry a store refuses must not fail the others: each on its own
+            for entry, done in batch:
+                try:
+                    await anyio.to_thread.run_sync(self._write, [entry])
+                except Exception as exc:
+                    log.exception("could not write an audit entry")
+                    _settle(done, exc)
+                else:
+                    _settle(done, None)
             return
         for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+            _settle(done, None)
 
     def _write(self, entries: list[AuditEntry]) -> None:
         with self.db.write() as conn:
             append(conn, entries)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # (its request went away)
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

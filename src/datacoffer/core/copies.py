@@ -12,7 +12,7 @@ import logging
 import sqlalchemy as sa
 
 from datacoffer.core.clock import now_ms
-from datacoffer.core.coffers import Coffer
+from datacoffer.core.coffers import STORED, Coffer
 from datacoffer.meta.db import Database
 from datacoffer.meta.schema import (
     coffers,
@@ -50,9 +50,10 @@ def report_damage(db: Database, object_id: int, region: str, blob_id: str, probl
         row = conn.execute(sa.select(objects.c.coffer_id, objects.c.key,
                                      coffers.c.name.label("coffer"))
                            .join(coffers, coffers.c.id == objects.c.coffer_id)
-                           .where(objects.c.id == object_id)).first()
+                           .where((objects.c.id == object_id)
+                                  & (objects.c.state == STORED))).first()
         if row is None:
-            return  # expired meanwhile
+            return  # expiring or expired: its files are going, that is no damage
         log.error("damaged copy of %s/%s in region %s (blob %s, found by %s): %s", row.coffer,
                   row.key, region, blob_id, found_by, problem)
         known = conn.execute(sa.select(integrity_findings.c.id).where(
@@ -72,9 +73,13 @@ def report_damage(db: Database, object_id: int, region: str, blob_id: str, probl
             (object_copies.c.object_id == object_id)
             & (object_copies.c.region != region)).limit(1)).first()
         if owed is None and elsewhere is not None:
-            conn.execute(replication_queue.insert(), {
-                "object_id": object_id, "region": region, "coffer_id": row.coffer_id,
-                "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""})
+            try:  # (another process may owe it at the same moment: one entry is enough)
+                with conn.begin_nested():
+                    conn.execute(replication_queue.insert(), {
+                        "object_id": object_id, "region": region, "coffer_id": row.coffer_id,
+                        "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""})
+            except sa.exc.IntegrityError:
+                pass
 
 
 def record_copy(conn: sa.Connection, object_id: int, region: str, now: int) -> None:

@@ -20,7 +20,14 @@ from datacoffer.core.coffers import EXPIRING, STORED
 from datacoffer.core.lifecycle import DAY_MS
 from datacoffer.core.objects import Objects
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffer_lifecycles, coffers, objects, parts, uploads
+from datacoffer.meta.schema import (
+    coffer_lifecycles,
+    coffers,
+    integrity_findings,
+    objects,
+    parts,
+    uploads,
+)
 
 log = logging.getLogger("datacoffer.lifecycle")
 
@@ -45,7 +52,9 @@ _DUE = (sa.select(objects.c.id, objects.c.key, objects.c.size, objects.c.created
         .join(coffers, coffers.c.id == objects.c.coffer_id)
         .join(coffer_lifecycles, coffer_lifecycles.c.coffer_id == coffers.c.id)
         .where((objects.c.state == STORED) & (_due <= sa.bindparam("now")))
-        .order_by(objects.c.id).limit(BATCH))
+        .order_by(objects.c.id).limit(BATCH)
+        # (PostgreSQL: a concurrent sweeper's batch is skipped, not expired and logged twice)
+        .with_for_update(skip_locked=True, of=objects))
 
 
 def _blob_ids(conn: sa.Connection, ids: list[int]) -> list[str]:
@@ -105,6 +114,10 @@ class Expiry:
         for blob_id in blob_ids:
             self.objects.remove_blob(blob_id)
         with self.db.write() as conn:
+            # damage found in their copies is over: the copies are gone
+            conn.execute(integrity_findings.update().where(
+                integrity_findings.c.object_id.in_(ids)
+                & integrity_findings.c.repaired_ms.is_(None)).values(repaired_ms=clock.now_ms()))
             upload_ids = sa.select(uploads.c.upload_id).where(uploads.c.object_id.in_(ids))
             conn.execute(parts.delete().where(parts.c.upload_id.in_(upload_ids)))
             conn.execute(uploads.delete().where(uploads.c.object_id.in_(ids)))

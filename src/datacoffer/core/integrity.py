@@ -34,11 +34,12 @@ def _plain_chunks(fd: int, blob_id: str, size: int, open_key: KeyOpener | None,
             offset += len(chunk)
             yield chunk
     else:
-        stored = os.fstat(fd).st_size
-        if throttle is not None:
-            throttle.take(stored)
-        yield from envelope.read_plain(lambda at, n: os.pread(fd, n, at), stored, blob_id,
-                                       size, 0, size, open_key)
+        for chunk in envelope.read_plain(lambda at, n: os.pread(fd, n, at),
+                                         os.fstat(fd).st_size, blob_id, size, 0, size,
+                                         open_key):
+            if throttle is not None:
+                throttle.take(len(chunk))
+            yield chunk
 
 
 def check_file(path: Path, blob_id: str, size: int, sha256: str, open_key: KeyOpener | None,
@@ -64,13 +65,15 @@ def check_file(path: Path, blob_id: str, size: int, sha256: str, open_key: KeyOp
 
 
 def copy_blob(source: RegionStore, target: RegionStore, blob_id: str, size: int, sha256: str,
-              open_key: KeyOpener | None, throttle: Throttle | None = None) -> None:
+              open_key: KeyOpener | None, tmp_tag: str,
+              throttle: Throttle | None = None) -> None:
     """Copy a blob's stored bytes from `source` to `target`, check the copy and only then
     make it the target's blob (replacing a damaged one). Raises BadCopy when the source is
     damaged (nothing changes in `target`), OSError when a region fails (also when the copy
     does not check out while the source does)."""
-    # a temporary name of its own: two workers may copy the same blob at once
-    writer = target.create(blob_id, tmp_name=f"{blob_id}.{secrets.token_hex(4)}")
+    # a temporary name of its own (two workers may copy the same blob at once) that tells
+    # which process writes it (`tmp_tag`, Objects.copy_tag): a start removes only dead ones'
+    writer = target.create(blob_id, tmp_name=f"{blob_id}.{tmp_tag}.{secrets.token_hex(4)}")
     try:
         try:
             fh = source.open_blob(blob_id)

@@ -115,12 +115,13 @@ class Keyring:
                     return self.master.open(header.wrapped_key, _MASTER_CONTEXT)
                 except ValueError:  # (the master key is checked at start: the blob is bad)
                     raise DecryptError("its wrapped data key does not open") from None
-            if header.key_id != coffer.key_id:
-                raise self._failed(coffer.name, "A blob names another KMS key than its coffer.",
-                                   f"blob key {header.key_id}")
+            if header.key_id != coffer.key_id:  # (a coffer's key never changes)
+                raise DecryptError("it names another KMS key than its coffer's")
             try:
                 return self.kms.unwrap(header.key_id, header.wrapped_key)
             except KmsError as exc:
+                # a refusal (a revoked key, an outage) or a damaged wrapped key: the KMS does
+                # not say which; a reader that finds another copy that unwraps knows
                 raise self._failed(coffer.name, f"The KMS could not unwrap a data key with "
                                    f"{header.key_id}.", exc) from None
 

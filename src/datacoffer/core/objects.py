@@ -10,10 +10,12 @@ reclaimed, its files removed, and the key is free again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
@@ -116,6 +118,8 @@ class Objects:
         self.pid = os.getpid()
         self.token = secrets.token_hex(8)
         self.holder = f"{self.host}:{self.pid}:{self.token}"
+        #: names this process in the temporary files of its copies between regions
+        self.copy_tag = f"{self.pid}.{_host_tag(self.host)}"
 
     # -- reservations ------------------------------------------------------------------------
 
@@ -286,33 +290,54 @@ class Objects:
         (`Keyring.opener`) when the object is encrypted, each checked before it is yielded
         (core/reading.py). At a damaged or missing blob the read goes on, from the same byte,
         in another region that holds a copy; the damage is reported and its repair queued."""
-        stores = iter([self.stores[region]])
-        store = next(stores)
+        others: list[str] | None = None  # the other regions holding a copy, once needed
         offset, end = 0, start + length
         for blob in self.blobs(obj):
             if offset + blob.size > start and offset < end:
                 pos = max(start, offset) - offset
                 stop = min(end, offset + blob.size) - offset
-                while pos < stop:
+                # each blob from the addressed region first, then from the others in turn
+                candidates = iter([region])
+                source = next(candidates)
+                refused: list[str] = []  # regions whose data key of this blob the KMS refused
+                while True:
                     try:
-                        for chunk in checked_bytes(store, blob, pos, stop - pos, open_key):
+                        for chunk in checked_bytes(self.stores[source], blob, pos, stop - pos,
+                                                   open_key):
                             pos += len(chunk)
                             yield chunk
                         break
                     except CorruptData as exc:
-                        report_damage(self.db, obj.id, store.name, blob.blob_id, str(exc),
-                                      "read")
+                        self._damaged(obj, source, blob, str(exc))
                         if not exc.resumable:
                             raise
-                        if store.name == region:  # the others, once they are needed
-                            stores = iter([self.stores[r] for r in self.regions_holding(obj)
-                                           if r != region])
-                        store = next(stores, None)
-                        if store is None:
+                        failure: Exception = exc
+                    except CdcsError as exc:
+                        if exc.code.name != "KMSFailed":
                             raise
-                        log.warning("reading %s from region %s instead", blob.blob_id,
-                                    store.name)
+                        refused.append(source)
+                        failure = exc
+                    if others is None:
+                        others = [r for r in self.regions_holding(obj) if r != region]
+                    if source == region:
+                        candidates = iter(others)
+                    source = next(candidates, None)
+                    if source is None:
+                        raise failure
+                    log.warning("reading %s from region %s instead", blob.blob_id, source)
+                for bad in refused:  # another copy's key unwraps: this one is damaged
+                    self._damaged(obj, bad, blob, f"blob {blob.blob_id} in region {bad}: its "
+                                  f"wrapped data key does not unwrap, region {source}'s does")
             offset += blob.size
+
+    def _damaged(self, obj: StoredObject, region: str, blob: Blob, problem: str) -> None:
+        """Report damage met by a read; a report that fails (a store refusing the write)
+        must not stop the read from going on elsewhere."""
+        try:
+            report_damage(self.db, obj.id, region, blob.blob_id, problem, "read")
+        except Exception:
+            log.exception("could not record the damage of blob %s in region %s",
+                          blob.blob_id, region)
 
     def regions_holding(self, obj: StoredObject) -> list[str]:
         """The regions that hold a copy of the object, the oldest copy first."""
@@ -323,15 +348,25 @@ class Objects:
 
     def preflight(self, obj: StoredObject, region: str, open_key: KeyOpener) -> None:
         """Unwrap the first blob's data key before a streamed answer starts, so that the KMS's
-        refusal (KMSFailed) is an error answer; damaged data is left for the read to find."""
+        refusal (KMSFailed: no copy's key unwraps) is an error answer; damaged data is left
+        for the read to find."""
         blob_id = self.blobs(obj)[0].blob_id
-        try:
-            with self.stores[region].open_blob(blob_id) as fh:
-                header, _ = envelope.Header.read(
-                    lambda offset, n: os.pread(fh.fileno(), n, offset))
-            open_key(header)
-        except (envelope.DecryptError, OSError):
-            return  # damaged or missing: the read finds it and turns to another copy
+        refusal: CdcsError | None = None
+        for source in [region, *(r for r in self.regions_holding(obj) if r != region)]:
+            try:
+                with self.stores[source].open_blob(blob_id) as fh:
+                    header, _ = envelope.Header.read(
+                        lambda offset, n: os.pread(fh.fileno(), n, offset))
+                open_key(header)
+                return
+            except (envelope.DecryptError, OSError):
+                return  # damaged or missing: the read finds it and turns to another copy
+            except CdcsError as exc:  # refused here: a damaged key, or the KMS's refusal
+                if exc.code.name != "KMSFailed":
+                    raise
+                refusal = refusal or exc
+        if refusal is not None:  # no copy's key unwraps: the KMS refuses
+            raise refusal
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -355,6 +390,21 @@ class Objects:
                     live.add(row.blob_id)
         return reclaimed, live
 
+    def _copy_alive(self, store: RegionStore, name: str) -> bool:
+        """Whether a temporary file is a copy between regions that a live process is still
+        writing: its name is "<blob>.<pid>.<host tag>.<random>" (core/integrity.copy_blob)."""
+        parts = name.split(".")
+        if len(parts) != 4 or not parts[1].isdigit():
+            return False
+        pid, host = int(parts[1]), parts[2]
+        if host == _host_tag(self.host):
+            return pid != self.pid and _pid_alive(pid)
+        try:
+            idle = time.time() - (store.tmp_dir / name).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return idle < COPY_IDLE_SECONDS
+
     def recover(self, *others: Callable[[], tuple[int, set[str]]]) -> dict[str, int]:
         """Reclaim the reservations of dead writers (those of objects, and those `others`
         reclaim, such as parts) and remove stray temporary files."""
@@ -369,13 +419,22 @@ class Objects:
         stray = 0
         for name, blob_ids in listed.items():
             for blob_id in blob_ids:
-                if blob_id not in live:
+                if blob_id not in live and not self._copy_alive(self.stores[name], blob_id):
                     try:  # a reclaimed reservation's file is already gone: not a stray
                         (self.stores[name].tmp_dir / blob_id).unlink()
                         stray += 1
                     except FileNotFoundError:
                         pass
         return {"reclaimed": reclaimed, "stray_files": stray}
+
+
+def _host_tag(host: str) -> str:
+    return hashlib.sha256(host.encode()).hexdigest()[:8]
+
+
+#: a copy's temporary file that another host writes is taken for abandoned after this long
+#: without a write (the region directories may be shared between machines)
+COPY_IDLE_SECONDS = 3600
 
 
 def _row_to_object(row: sa.Row) -> StoredObject:

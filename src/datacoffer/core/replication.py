@@ -6,7 +6,9 @@ core/copies.py), so it survives restarts and is shared by the server's backgroun
 are, checked before they count) and recorded in `object_copies` in the transaction that
 removes its queue entry. A failed copy is retried with exponential back-off; the next attempt
 simply starts again, so a worker killed mid-copy leaves only a temporary file, removed at the
-next start.
+next start. A worker claims an entry before copying it (a holder and a lease on the row, taken
+by a conditional update), so that the processes of one installation make each copy once; the
+claim of a process that died is taken over (at once on the same host, else once it lapses).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from datacoffer.core.objects import Objects
 from datacoffer.core.throttle import Throttle
 from datacoffer.errors import CdcsError
 from datacoffer.meta.db import Database
-from datacoffer.meta.schema import coffers, object_copies, objects, replication_queue
+from datacoffer.meta.schema import coffers, objects, replication_queue
 
 log = logging.getLogger("datacoffer.replication")
 
 #: queue entries read at a time
 BATCH = 64
+#: how long a claim on an entry holds; renewed after each blob copied
+CLAIM_MS = 10 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Entry:
     coffer: str
     key: str
     attempts: int
+    #: the claim on the entry when it was read ("" when free)
+    holder: str
+    lease_until_ms: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Lag:
 _QUEUE = (
     sa.select(replication_queue.c.object_id, replication_queue.c.region,
               replication_queue.c.coffer_id, replication_queue.c.attempts,
+              replication_queue.c.holder, replication_queue.c.lease_until_ms,
               coffers.c.name.label("coffer"), objects.c.key)
     .join(objects, objects.c.id == replication_queue.c.object_id)
     .join(coffers, coffers.c.id == replication_queue.c.coffer_id))
@@ -98,31 +106,35 @@ _ENTRY = _QUEUE.where((replication_queue.c.object_id == sa.bindparam("object_id"
 
 
 def _entry(row: sa.Row) -> Entry:
-    return Entry(row.object_id, row.region, row.coffer_id, row.coffer, row.key, row.attempts)
-_HELD_BY = sa.select(object_copies.c.region).where(
-    object_copies.c.object_id == sa.bindparam("object_id"))
+    return Entry(row.object_id, row.region, row.coffer_id, row.coffer, row.key, row.attempts,
+                 row.holder, row.lease_until_ms)
+
+
+def _row_of(entry: Entry) -> sa.ColumnElement[bool]:
+    return ((replication_queue.c.object_id == entry.object_id)
+            & (replication_queue.c.region == entry.region))
 
 
 class Replication:
     def __init__(self, db: Database, coffers_: Coffers, objects_: Objects, keyring: Keyring,
-                 *, workers: int, retry_max_seconds: int, rate: int) -> None:
+                 *, workers: int, retry_max_seconds: int, rate: int,
+                 stop: threading.Event | None = None) -> None:
+        """`stop`: once set, a pass ends where it is (Stopped), its entries still owed."""
         self.db = db
         self.coffers = coffers_
         self.objects = objects_
         self.keyring = keyring
         self.workers = workers
         self.retry_max_ms = retry_max_seconds * 1000
-        self.throttle = Throttle(rate)
+        self.throttle = Throttle(rate, stop)
 
-    def run(self, *, due_only: bool = True,
-            stop: threading.Event | None = None) -> ReplicationPass:
+    def run(self, *, due_only: bool = True) -> ReplicationPass:
         """One pass over the queue: every entry due now (with `due_only`, as the background
-        workers do), or every entry whatever its back-off (an operator's pass), once. `stop`
-        ends it after the batch in hand."""
+        workers do), or every entry whatever its back-off (an operator's pass), once."""
         result = ReplicationPass()
         after: tuple[int, str] = (0, "")
         with ThreadPoolExecutor(self.workers, thread_name_prefix="replicate") as pool:
-            while stop is None or not stop.is_set():
+            while True:
                 query = _ENTRIES.where(replication_queue.c.next_ms <= now_ms()) \
                     if due_only else _ENTRIES
                 with self.db.read() as conn:
@@ -136,7 +148,6 @@ class Replication:
                         result.copied.append(outcome)
                     elif outcome is not None:
                         result.failed.append(outcome)
-        return result
 
     def run_entry(self, object_id: int, region: str) -> Copied | Failed | None:
         """Make the copy owed to `region` now (a repair the scrubber asks for)."""
@@ -144,13 +155,37 @@ class Replication:
             row = conn.execute(_ENTRY, {"object_id": object_id, "region": region}).first()
         return None if row is None else self._attempt(_entry(row))
 
+    def _claim(self, entry: Entry) -> bool:
+        """Take the entry for this process, unless a live one holds it."""
+        if entry.holder and not self.objects.lapsed(entry.holder, entry.lease_until_ms,
+                                                    now_ms()):
+            return False
+        with self.db.write(durable=False) as conn:
+            return conn.execute(replication_queue.update().where(
+                _row_of(entry) & (replication_queue.c.holder == entry.holder)).values(
+                holder=self.objects.holder, lease_until_ms=now_ms() + CLAIM_MS)).rowcount == 1
+
+    def _renew(self, entry: Entry) -> None:
+        with self.db.write(durable=False) as conn:
+            conn.execute(replication_queue.update().where(
+                _row_of(entry) & (replication_queue.c.holder == self.objects.holder)).values(
+                lease_until_ms=now_ms() + CLAIM_MS))
+
     def _attempt(self, entry: Entry) -> Copied | Failed | None:
-        """Copy one entry's object, or record the failure and when to try again."""
+        """Claim the entry and copy its object, or record the failure and when to try
+        again. None: another process holds it, or the object is gone."""
+        if not self._claim(entry):
+            return None
         try:
             return self._copy(entry)
         except (OSError, BadCopy, CdcsError) as exc:
             reason = exc.message if isinstance(exc, CdcsError) else str(exc)
             error = f"{type(exc).__name__}: {reason}"[:256]
+        except BaseException:  # (stopping): the entry is free for the next pass at once
+            with self.db.write(durable=False) as conn:
+                conn.execute(replication_queue.update().where(_row_of(entry)).values(
+                    holder="", lease_until_ms=0))
+            raise
         attempts = entry.attempts + 1
         # exponential back-off, 1 s, 2 s, 4 s ... up to retry_max, each waited 0.5-1 times
         # (so that copies failing together do not all come back at once)
@@ -158,10 +193,9 @@ class Replication:
                                                1000 * 2 ** min(attempts - 1, 30))
         retry = now_ms() + int(delay)
         with self.db.write(durable=False) as conn:
-            conn.execute(replication_queue.update().where(
-                (replication_queue.c.object_id == entry.object_id)
-                & (replication_queue.c.region == entry.region)).values(
-                attempts=attempts, next_ms=retry, last_error=error))
+            conn.execute(replication_queue.update().where(_row_of(entry)).values(
+                attempts=attempts, next_ms=retry, last_error=error, holder="",
+                lease_until_ms=0))
         log.warning("copy of %s/%s to %s failed (attempt %d, next in %.0f s): %s",
                     entry.coffer, entry.key, entry.region, attempts, delay / 1000, error)
         return Failed(entry.coffer, entry.key, entry.region, error, attempts, retry)
@@ -172,8 +206,7 @@ class Replication:
         if obj is None or coffer is None:
             return None  # expired meanwhile: its entry went with it
         open_key = self.keyring.opener(coffer)
-        with self.db.engine.connect() as conn:
-            held = set(conn.execute(_HELD_BY, {"object_id": obj.id}).scalars())
+        held = set(self.objects.regions_holding(obj))
         # the primary first: it holds every object, and the others' copies came from it
         sources = [self.objects.stores[r] for r in coffer.locations
                    if r in held and r != entry.region]
@@ -185,7 +218,7 @@ class Replication:
             for source in sources:
                 try:
                     copy_blob(source, target, blob.blob_id, blob.size, blob.sha256, open_key,
-                              self.throttle)
+                              self.objects.copy_tag, self.throttle)
                     break
                 except BadCopy as exc:
                     report_damage(self.db, obj.id, source.name, blob.blob_id, str(exc),
@@ -195,10 +228,12 @@ class Replication:
                 raise BadCopy("no region holds a good copy (" + "; ".join(problems) + ")"
                               if problems else "no other region holds a copy to copy from")
             copied += target.size_of(blob.blob_id)
+            self._renew(entry)
         if not self._record(entry):
-            if entry.region not in held:  # expired while we copied: nothing refers to it
-                for blob in blobs:
-                    target.remove(blob.blob_id)
+            # expired while we copied: the sweeper may have removed its files before this
+            # copy landed, and nothing refers to them any more
+            for blob in blobs:
+                target.remove(blob.blob_id)
             return None
         return Copied(entry.coffer, entry.key, entry.region, copied)
 
@@ -206,12 +241,10 @@ class Replication:
         """Count the copy and drop its entry, if the object is still stored."""
         with self.db.write() as conn:
             state = conn.execute(sa.select(objects.c.state).where(
-                objects.c.id == entry.object_id)).scalar()
+                objects.c.id == entry.object_id).with_for_update()).scalar()
             if state != STORED:
                 return False
-            done = conn.execute(replication_queue.delete().where(
-                (replication_queue.c.object_id == entry.object_id)
-                & (replication_queue.c.region == entry.region))).rowcount
+            done = conn.execute(replication_queue.delete().where(_row_of(entry))).rowcount
             if done:  # (another worker may have recorded it first)
                 record_copy(conn, entry.object_id, entry.region, now_ms())
         return True

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from datacoffer import SERVER_NAME
-from datacoffer.core.audit import AuditEntry, AuditWriter
+from datacoffer.core.audit import AuditEntry, AuditWriter, storable
 from datacoffer.core.clock import now_ms
 from datacoffer.core.identities import Identity
 from datacoffer.errors import CdcsError
@@ -223,12 +223,9 @@ class DataCofferApp:
             source = str(peer.address(request, self.inst.settings.trusted_proxies, resource))
         except CdcsError:  # a proxy's malformed X-Forwarded-For: the proxy's own address
             source = request.client.host if request.client else "-"
-        # a key may hold bytes that are not UTF-8 (kept as surrogates): stored as \xNN
-        resource = resource.encode("utf-8", "surrogateescape").decode(
-            "utf-8", "backslashreplace")
         await self.audit.record(AuditEntry(
             now_ms(), request_id, done.identity.principal if done.identity else "-", source,
-            operation, resource, status, code))
+            operation, storable(resource), status, code))
 
     def _error(self, err: CdcsError, request: Request, request_id: str, *,
                unexpected: bool = False) -> Response:

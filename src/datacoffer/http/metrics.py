@@ -95,7 +95,11 @@ class Metrics:
         """The scrape's answer, or AuthFailed/PolicyCheckFailed for a caller not let in."""
         settings = self.inst.settings
         client = peer.address(request, settings.trusted_proxies, endpoint.resource)
-        if not peer.within(client, settings.metrics_allow):
+        # a proxy on an allowed address (a TLS front on the loopback) that nobody listed in
+        # trusted_proxies would let the whole world in: forwarded scrapes must be signed
+        forwarded = ("x-forwarded-for" in request.headers or "forwarded" in request.headers) \
+            and client == peer.address(request, (), endpoint.resource)
+        if forwarded or not peer.within(client, settings.metrics_allow):
             identity = await authenticate(self.inst.identities, self.inst.tokens, request,
                                           endpoint, path, query, settings.sign_skew)
             if identity.uin not in settings.metrics_uins:

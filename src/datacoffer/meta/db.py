@@ -65,6 +65,17 @@ def _add_replication(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN crcs {column}"))
 
 
+def _add_claims(conn: Connection) -> None:
+    """Version 8: claims of replication entries and of installation-wide background tasks, so
+    that several processes do each piece of work once."""
+    for column in ("holder VARCHAR(256) NOT NULL DEFAULT ''",
+                   "lease_until_ms BIGINT NOT NULL DEFAULT 0"):
+        name = column.split()[0]
+        if name not in {c["name"] for c in sa.inspect(conn).get_columns("replication_queue")}:
+            conn.execute(sa.text(f"ALTER TABLE replication_queue ADD COLUMN {column}"))
+    schema.metadata.create_all(conn, tables=[schema.worker_leases])
+
+
 def _owe_missing_copies(conn: Connection) -> None:
     """Objects stored before replication existed are owed a copy in each other Location of
     their coffer, like new ones."""
@@ -80,8 +91,11 @@ def _owe_missing_copies(conn: Connection) -> None:
              "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""}
             for row in stored for region in row.locations.split(",")[1:]
             if (row.id, region) not in held]
+    # (the columns of version 7 only: later ones do not exist yet when this runs)
+    queue = sa.table("replication_queue", *(sa.column(name) for name in owed[0])) if owed \
+        else None
     for start in range(0, len(owed), 1000):
-        conn.execute(t.replication_queue.insert(), owed[start:start + 1000])
+        conn.execute(sa.insert(queue), owed[start:start + 1000])
 
 
 def _start_audit_chain(conn: Connection) -> None:
@@ -96,8 +110,8 @@ def _start_audit_chain(conn: Connection) -> None:
 #: latest version directly from `schema`, so an entry is only needed for a change.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_multipart, 3: _widen_checksums, 4: _add_keys, 5: _add_access,
-    6: _add_lifecycles, 7: _add_replication}
-LATEST = 7
+    6: _add_lifecycles, 7: _add_replication, 8: _add_claims}
+LATEST = 8
 
 
 def _sqlite_setup(engine: Engine) -> None:

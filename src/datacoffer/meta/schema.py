@@ -69,8 +69,8 @@ objects = sa.Table(
     #: hex SHA-256; of a multipart object the composite "<sha256 of part digests>-<N>"
     sa.Column("sha256", sa.String(80), nullable=False, default=""),
     sa.Column("encrypt_type", sa.Integer, nullable=False, default=0),
-    #: of a simple plain object: the CRC-32 of each MiB of its blob (core/checksums.py); NULL
-    #: when encrypted, or written before version 7
+    #: of a simple plain object: the CRC-32 of each MiB of its blob (core/checksums.py); empty
+    #: when encrypted, NULL when written before version 7
     sa.Column("crcs", sa.LargeBinary, nullable=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     #: the writing process ("host:pid:token") and when its reservation lapses
@@ -101,6 +101,9 @@ replication_queue = sa.Table(
     sa.Column("next_ms", sa.BigInteger, nullable=False, index=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.String(256), nullable=False, default=""),
+    #: the process copying it now ("host:pid:token") and when its claim lapses
+    sa.Column("holder", sa.String(256), nullable=False, default="", server_default=""),
+    sa.Column("lease_until_ms", sa.BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 #: Damage found in a copy (by the scrubber, a read or replication) and when it was repaired.
@@ -187,6 +190,15 @@ key_checks = sa.Table(
     sa.Column("sealed", sa.LargeBinary, nullable=False),
 )
 
+
+#: A background task that one process at a time does for the whole installation ("scrub"):
+#: the process doing it and when its claim lapses.
+worker_leases = sa.Table(
+    "worker_leases", metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("lease_until_ms", sa.BigInteger, nullable=False),
+)
 
 #: A coffer's policy, as its canonical JSON document.
 coffer_policies = sa.Table(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -127,24 +127,9 @@ class RegionStore:
         may make the same blob (copies of it from other regions)."""
         return BlobWriter(self, blob_id, tmp_name)
 
-    def has(self, blob_id: str) -> bool:
-        return self.blob_path(blob_id).is_file()
-
     def open_blob(self, blob_id: str) -> BinaryIO:
         """The complete blob, open for reading (unbuffered: readers use os.pread)."""
         return open(self.blob_path(blob_id), "rb", buffering=0)
-
-    def read(self, blob_id: str, start: int, length: int) -> Iterator[bytes]:
-        """Yield `length` bytes from `start`, in chunks of at most READ_CHUNK."""
-        with open(self.blob_path(blob_id), "rb", buffering=0) as fh:
-            fh.seek(start)
-            left = length
-            while left > 0:
-                chunk = fh.read(min(READ_CHUNK, left))
-                if not chunk:
-                    raise OSError(f"blob {blob_id} in region {self.name} is shorter than expected")
-                left -= len(chunk)
-                yield chunk
 
     def remove(self, blob_id: str) -> None:
         """Remove a blob, finished or not; a missing one is fine."""
