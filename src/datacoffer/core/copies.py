@@ -3,6 +3,10 @@
 An object is stored in its coffer's primary region first; in the same transaction, every other
 Location of the coffer gets an entry in the replication queue (service.md, "Regions and
 replication"). The replication workers (core/replication.py) turn entries into copies.
+
+A damaged or missing copy, found by a read, the scrubber or replication, is reported here: the
+finding is kept (`integrity_findings`), and the region is owed a good copy again when another
+region holds one, so that replication repairs it.
 """
 
 from __future__ import annotations
