@@ -34,13 +34,17 @@ def record_stored(conn: sa.Connection, object_id: int, coffer: Coffer, now: int)
     other Location is owed one."""
     conn.execute(object_copies.insert(), {"object_id": object_id, "region": coffer.primary,
                                           "created_ms": now})
-    owed = [{"object_id": object_id, "region": region, "coffer_id": coffer.id,
-             "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""}
-            for region in coffer.locations[1:]]
+    owed = [_owed(object_id, region, coffer.id, now) for region in coffer.locations[1:]]
     if owed:
         conn.execute(replication_queue.insert(), owed)
     # (deleting the object deletes its rows in both tables: their foreign keys cascade)
 
+
+
+def _owed(object_id: int, region: str, coffer_id: int, now: int) -> dict[str, object]:
+    """A queue entry: a copy of the object owed to the region, due now."""
+    return {"object_id": object_id, "region": region, "coffer_id": coffer_id,
+            "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""}
 
 
 def report_damage(db: Database, object_id: int, region: str, blob_id: str, problem: str,
@@ -79,9 +83,8 @@ def report_damage(db: Database, object_id: int, region: str, blob_id: str, probl
         if owed is None and elsewhere is not None:
             try:  # (another process may owe it at the same moment: one entry is enough)
                 with conn.begin_nested():
-                    conn.execute(replication_queue.insert(), {
-                        "object_id": object_id, "region": region, "coffer_id": row.coffer_id,
-                        "created_ms": now, "next_ms": now, "attempts": 0, "last_error": ""})
+                    conn.execute(replication_queue.insert(),
+                                 _owed(object_id, region, row.coffer_id, now))
             except sa.exc.IntegrityError:
                 pass
 
@@ -94,7 +97,7 @@ def record_copy(conn: sa.Connection, object_id: int, region: str, now: int) -> N
     if held is None:
         conn.execute(object_copies.insert(), {"object_id": object_id, "region": region,
                                               "created_ms": now})
-    close_findings(conn, object_id, region, now)
+    close_findings(conn, [object_id], now, region)
 
 
 def open_findings(db: Database, object_id: int | None = None) -> set[tuple[int, str]]:
@@ -108,11 +111,15 @@ def open_findings(db: Database, object_id: int | None = None) -> set[tuple[int, 
         return {(found, region) for found, region in conn.execute(query)}
 
 
-def close_findings(conn: sa.Connection, object_id: int, region: str, now: int) -> None:
-    """The region's copy of the object is good (again): its findings are repaired."""
-    conn.execute(integrity_findings.update().where(
-        (integrity_findings.c.object_id == object_id) & (integrity_findings.c.region == region)
-        & integrity_findings.c.repaired_ms.is_(None)).values(repaired_ms=now))
+def close_findings(conn: sa.Connection, object_ids: list[int], now: int,
+                   region: str | None = None) -> None:
+    """The objects' copies in `region` (or all their copies, gone with them) are good again
+    or no more: their open findings are closed."""
+    f = integrity_findings
+    which = f.c.object_id.in_(object_ids) & f.c.repaired_ms.is_(None)
+    if region is not None:
+        which &= f.c.region == region
+    conn.execute(f.update().where(which).values(repaired_ms=now))
 
 
 def findings(db: Database, latest: int = 10) -> tuple[int, int, list[sa.Row]]:
@@ -121,5 +128,6 @@ def findings(db: Database, latest: int = 10) -> tuple[int, int, list[sa.Row]]:
     with db.read() as conn:
         found, unrepaired = conn.execute(sa.select(
             sa.func.count(), sa.func.count().filter(f.c.repaired_ms.is_(None)))).one()
-        rows = conn.execute(sa.select(f).order_by(f.c.id.desc()).limit(latest)).all()
+        rows = conn.execute(sa.select(f).order_by(f.c.id.desc()).limit(latest)).all() \
+            if latest else []
     return found, unrepaired, list(rows)

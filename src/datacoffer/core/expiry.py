@@ -17,13 +17,13 @@ import sqlalchemy as sa
 
 from datacoffer.core import audit, clock
 from datacoffer.core.coffers import EXPIRING, STORED
+from datacoffer.core.copies import close_findings
 from datacoffer.core.lifecycle import DAY_MS
 from datacoffer.core.objects import Objects
 from datacoffer.meta.db import Database
 from datacoffer.meta.schema import (
     coffer_lifecycles,
     coffers,
-    integrity_findings,
     objects,
     parts,
     uploads,
@@ -115,9 +115,7 @@ class Expiry:
             self.objects.remove_blob(blob_id)
         with self.db.write() as conn:
             # damage found in their copies is over: the copies are gone
-            conn.execute(integrity_findings.update().where(
-                integrity_findings.c.object_id.in_(ids)
-                & integrity_findings.c.repaired_ms.is_(None)).values(repaired_ms=clock.now_ms()))
+            close_findings(conn, ids, clock.now_ms())
             upload_ids = sa.select(uploads.c.upload_id).where(uploads.c.object_id.in_(ids))
             conn.execute(parts.delete().where(parts.c.upload_id.in_(upload_ids)))
             conn.execute(uploads.delete().where(uploads.c.object_id.in_(ids)))

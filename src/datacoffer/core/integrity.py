@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from datacoffer.core.keyring import KeyOpener
+from datacoffer.core.reading import decrypted
 from datacoffer.core.throttle import Throttle
 from datacoffer.crypto import envelope
 from datacoffer.storage.blobs import READ_CHUNK, RegionStore
@@ -34,9 +35,7 @@ def _plain_chunks(fd: int, blob_id: str, size: int, open_key: KeyOpener | None,
             offset += len(chunk)
             yield chunk
     else:
-        for chunk in envelope.read_plain(lambda at, n: os.pread(fd, n, at),
-                                         os.fstat(fd).st_size, blob_id, size, 0, size,
-                                         open_key):
+        for chunk in decrypted(fd, blob_id, size, 0, size, open_key):
             if throttle is not None:
                 throttle.take(len(chunk))
             yield chunk

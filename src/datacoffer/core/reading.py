@@ -106,11 +106,17 @@ def _sha_checked(chunks: Iterator[bytes], store: RegionStore, blob: Blob) -> Ite
         yield held
 
 
+def decrypted(fd: int, blob_id: str, size: int, first: int, count: int,
+              open_key: KeyOpener) -> Iterator[bytes]:
+    """Plaintext bytes [first, first+count) of the encrypted blob `blob_id` (of `size`
+    plaintext bytes) open at `fd`; envelope.DecryptError where it does not authenticate."""
+    return envelope.read_plain(lambda offset, n: os.pread(fd, n, offset),
+                               os.fstat(fd).st_size, blob_id, size, first, count, open_key)
+
+
 def _decrypted(fd: int, store: RegionStore, blob: Blob, first: int, count: int,
                open_key: KeyOpener) -> Iterator[bytes]:
     try:
-        yield from envelope.read_plain(
-            lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size, blob.blob_id,
-            blob.size, first, count, open_key)
+        yield from decrypted(fd, blob.blob_id, blob.size, first, count, open_key)
     except envelope.DecryptError as exc:
         raise CorruptData(f"blob {blob.blob_id} in region {store.name}: {exc}") from None

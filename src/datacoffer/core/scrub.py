@@ -154,7 +154,7 @@ class Scrubber:
             if (region not in damaged and not any(r == region for r, _ in pending)
                     and (obj.id, region) in self._open):
                 with self.db.write() as conn:
-                    close_findings(conn, obj.id, region, now_ms())
+                    close_findings(conn, [obj.id], now_ms(), region)
         for region, blob_id in pending:
             if blob_id not in unwrapped:  # no copy's key unwraps: the KMS refuses
                 raise refused[blob_id]
